@@ -1,0 +1,57 @@
+"""Export a Wan2.1 transformer to PyTorch: a diffusers directory or the original Wan-AI layout.
+
+  python -m convert.flax_to_torch --src DIR --out PATH --format diffusers|wan
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from convert.load import load_transformer
+from convert.wan_loader import CheckpointError
+from convert.wan_writer import save_diffusers, save_wan
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m convert.flax_to_torch", description=__doc__.splitlines()[0])
+  p.add_argument("--src", required=True, help="a directory written by convert.torch_to_flax (or any "
+                 "checkpoint load_transformer reads)")
+  p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+  p.add_argument("--format", default="diffusers", choices=["diffusers", "wan"])
+  p.add_argument("--dtype", default=None, choices=["bfloat16", "float32"],
+                 help="tensor dtype on disk (default: the model's dtype)")
+  p.add_argument("--max-shard-size", default="5GB", help="e.g. 5GB, 500MB")
+  p.add_argument("--overwrite", action="store_true")
+  args = p.parse_args(argv)
+
+  start = time.time()
+  try:
+    if os.path.exists(args.out) and not args.overwrite:
+      raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+    model = load_transformer(args.src, dtype=args.dtype or _saved_dtype(args.src))
+    save = save_diffusers if args.format == "diffusers" else save_wan
+    n, nbytes = save(model, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype,
+                     overwrite=args.overwrite)
+  except (CheckpointError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {n} tensors, {nbytes / 1e6:.1f} MB ({args.format} layout) in {time.time() - start:.1f} s "
+        f"-> {args.out}")
+  return 0
+
+
+def _saved_dtype(src: str) -> str:
+  """The dtype a Flax directory was saved in; float32 for PyTorch checkpoints."""
+  import json
+  from convert.wan_loader import FLAX_MARKER
+  marker = os.path.join(src, FLAX_MARKER)
+  if os.path.isfile(marker):
+    with open(marker) as f:
+      return json.load(f)["dtype"]
+  return "float32"
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,47 @@
+"""Convert a PyTorch Wan2.1 transformer checkpoint to our Flax format (Orbax + config JSON).
+
+  python -m convert.torch_to_flax --src PATH --out DIR [--dtype bfloat16|float32]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax.numpy as jnp
+from flax import nnx
+
+from convert import wan_keys
+from convert.flax_checkpoint import save_flax_transformer
+from convert.wan_loader import CheckpointError, inspect_checkpoint, read_transformer
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m convert.torch_to_flax", description=__doc__.splitlines()[0])
+  p.add_argument("--src", required=True, help="diffusers dir, pipeline dir, original Wan dir, or ComfyUI file")
+  p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  p.add_argument("--allow-pickle", action="store_true", help="also read .pt/.pth/.bin (weights_only=True)")
+  p.add_argument("--overwrite", action="store_true")
+  args = p.parse_args(argv)
+
+  start = time.time()
+  try:
+    if os.path.exists(args.out) and not args.overwrite:
+      raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+    ckpt = inspect_checkpoint(args.src, allow_pickle=args.allow_pickle)
+    print(f"{args.src}: {ckpt.format} layout, {len(ckpt.files)} file(s), config {ckpt.config_source}")
+    model = read_transformer(ckpt, jnp.dtype(args.dtype))
+    save_flax_transformer(model, args.out, overwrite=args.overwrite)
+  except (CheckpointError, FileExistsError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  n_bytes = sum(v[...].nbytes for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  print(f"converted {wan_keys.num_tensors(ckpt.config)} tensors, {n_bytes / 1e6:.1f} MB as {args.dtype}, "
+        f"in {time.time() - start:.1f} s -> {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,345 @@
+"""Wan2.1 text-to-video diffusion transformer in Flax NNX.
+
+Computes exactly what diffusers' `WanTransformer3DModel` computes (see DESIGN §3). Attribute names
+follow diffusers so that weight conversion is a declarative table (`convert/wan_keys.py`).
+Blocks are stacked along a leading layer axis and run with `nnx.scan`; `scan_layers=False` runs the
+same stacked parameters layer by layer for debugging.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from t2vu_jax.attention import dot_product_attention
+
+F32 = jnp.float32
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class WanConfig:
+  """Architecture of a Wan2.1 T2V transformer (field names follow diffusers' config.json)."""
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  num_attention_heads: int = 12
+  attention_head_dim: int = 128
+  in_channels: int = 16
+  out_channels: int = 16
+  text_dim: int = 4096
+  freq_dim: int = 256
+  ffn_dim: int = 8960
+  num_layers: int = 30
+  cross_attn_norm: bool = True
+  eps: float = 1e-6
+  rope_max_seq_len: int = 1024
+
+  @property
+  def dim(self) -> int:
+    return self.num_attention_heads * self.attention_head_dim
+
+  @classmethod
+  def wan_1_3b(cls) -> "WanConfig":
+    return cls()
+
+  @classmethod
+  def wan_14b(cls) -> "WanConfig":
+    return cls(num_attention_heads=40, ffn_dim=13824, num_layers=40)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "WanConfig":
+    """From a diffusers `config.json` dict; refuses what this model does not implement."""
+    if d.get("image_dim") is not None or d.get("added_kv_proj_dim") is not None:
+      raise ValueError("image-to-video (I2V) Wan checkpoints are not supported: config has "
+                       f"image_dim={d.get('image_dim')}, added_kv_proj_dim={d.get('added_kv_proj_dim')}; "
+                       "use a text-to-video (T2V) checkpoint")
+    qk_norm = d.get("qk_norm", "rms_norm_across_heads")
+    if qk_norm != "rms_norm_across_heads":
+      raise ValueError(f"config qk_norm={qk_norm!r} is not supported (Wan2.1 uses 'rms_norm_across_heads')")
+    if d.get("pos_embed_seq_len") is not None:
+      raise ValueError("config pos_embed_seq_len is set: that is an I2V/FLF2V model, which is not supported")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in names}
+    if "patch_size" in kwargs:
+      kwargs["patch_size"] = tuple(kwargs["patch_size"])
+    if kwargs.get("out_channels") is None:
+      kwargs["out_channels"] = kwargs.get("in_channels", cls.in_channels)
+    return cls(**kwargs)
+
+  def to_dict(self) -> dict[str, Any]:
+    """The diffusers `config.json` fields of this architecture."""
+    d = dataclasses.asdict(self)
+    d["patch_size"] = list(self.patch_size)
+    d.update(qk_norm="rms_norm_across_heads", image_dim=None, added_kv_proj_dim=None, pos_embed_seq_len=None)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# Small layers
+
+
+def layer_norm(x, eps, scale=None, bias=None):
+  """LayerNorm computed in fp32 (diffusers' FP32LayerNorm); returns fp32."""
+  x = x.astype(F32)
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).mean(-1, keepdims=True)
+  y = (x - mean) * jax.lax.rsqrt(var + eps)
+  if scale is not None:
+    y = y * scale + bias
+  return y
+
+
+class LayerNorm(nnx.Module):
+  """Affine fp32 LayerNorm (the cross-attention norm, `norm2`)."""
+
+  def __init__(self, dim: int, eps: float):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), F32))
+    self.bias = nnx.Param(jnp.zeros((dim,), F32))
+
+  def __call__(self, x):
+    return layer_norm(x, self.eps, self.scale[...], self.bias[...])
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm over the last axis, computed in fp32, cast back to the input dtype."""
+
+  def __init__(self, dim: int, eps: float):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), F32))
+
+  def __call__(self, x):
+    y = x.astype(F32)
+    y = y * jax.lax.rsqrt(jnp.square(y).mean(-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(x.dtype)
+
+
+def linear(din: int, dout: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(din, dout, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Positional and timestep embeddings
+
+
+def rope_tables(cfg: WanConfig, f: int, h: int, w: int):
+  """3D RoPE cos/sin of shape (f*h*w, head_dim/2), built in float64 then cast to fp32.
+
+  head_dim d splits into t = d - 2*2*(d//6) and h = w = 2*(d//6) channels; each axis uses
+  θ = 10000 over its own channel count, and tokens are in (f, h, w) order.
+  """
+  d = cfg.attention_head_dim
+  dh = dw = 2 * (d // 6)
+  dt = d - dh - dw
+
+  def axis_angles(n, dim):
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, dim, 2, dtype=np.float64)[: dim // 2] / dim))
+    return np.outer(np.arange(n, dtype=np.float64), inv_freq)  # (n, dim/2)
+
+  at, ah, aw = axis_angles(f, dt), axis_angles(h, dh), axis_angles(w, dw)
+  angles = np.concatenate([
+      np.broadcast_to(at[:, None, None], (f, h, w, at.shape[-1])),
+      np.broadcast_to(ah[None, :, None], (f, h, w, ah.shape[-1])),
+      np.broadcast_to(aw[None, None, :], (f, h, w, aw.shape[-1])),
+  ], axis=-1).reshape(f * h * w, d // 2)
+  return jnp.asarray(np.cos(angles), F32), jnp.asarray(np.sin(angles), F32)
+
+
+def apply_rope(x, cos, sin):
+  """Rotate interleaved pairs (x[2i], x[2i+1]) of x (B, S, H, D) by the angles in cos/sin (S, D/2)."""
+  xp = x.astype(F32).reshape(*x.shape[:-1], -1, 2)
+  x1, x2 = xp[..., 0], xp[..., 1]
+  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)
+
+
+def timestep_embedding(t, dim: int):
+  """Sinusoidal embedding [cos, sin] (flip_sin_to_cos=True, shift 0), fp32."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=F32) / half)
+  args = t.astype(F32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transformer
+
+
+class Attention(nnx.Module):
+  """Wan attention: q/k/v/out projections, RMSNorm across all heads on q and k, optional RoPE."""
+
+  def __init__(self, cfg: WanConfig, dtype, rngs: nnx.Rngs):
+    dim = cfg.dim
+    self.heads = cfg.num_attention_heads
+    self.to_q = linear(dim, dim, dtype, rngs)
+    self.to_k = linear(dim, dim, dtype, rngs)
+    self.to_v = linear(dim, dim, dtype, rngs)
+    self.to_out = linear(dim, dim, dtype, rngs)
+    self.norm_q = RMSNorm(dim, cfg.eps)
+    self.norm_k = RMSNorm(dim, cfg.eps)
+
+  def __call__(self, x, context=None, rope=None, backend="xla"):
+    context = x if context is None else context
+    split = lambda t: t.reshape(*t.shape[:2], self.heads, -1)
+    q = split(self.norm_q(self.to_q(x)))
+    k = split(self.norm_k(self.to_k(context)))
+    v = split(self.to_v(context))
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    out = dot_product_attention(q, k, v, backend)
+    return self.to_out(out.reshape(*x.shape[:2], -1))
+
+
+class FeedForward(nnx.Module):
+
+  def __init__(self, cfg: WanConfig, dtype, rngs: nnx.Rngs):
+    self.net_0_proj = linear(cfg.dim, cfg.ffn_dim, dtype, rngs)
+    self.net_2 = linear(cfg.ffn_dim, cfg.dim, dtype, rngs)
+
+  def __call__(self, x):
+    return self.net_2(jax.nn.gelu(self.net_0_proj(x), approximate=True))
+
+
+class WanBlock(nnx.Module):
+  """x += attn1(mod(LN(x))) * gate; x += attn2(norm2(x), text); x += ffn(mod(LN(x))) * c_gate."""
+
+  def __init__(self, cfg: WanConfig, dtype, rngs: nnx.Rngs):
+    self.eps = cfg.eps
+    self.attn1 = Attention(cfg, dtype, rngs)
+    self.attn2 = Attention(cfg, dtype, rngs)
+    self.norm2 = LayerNorm(cfg.dim, cfg.eps) if cfg.cross_attn_norm else None
+    self.ffn = FeedForward(cfg, dtype, rngs)
+    self.scale_shift_table = nnx.Param(
+        jax.random.normal(rngs.params(), (1, 6, cfg.dim), F32) / math.sqrt(cfg.dim))
+
+  def __call__(self, x, context, timestep_proj, rope, backend="xla"):
+    mod = self.scale_shift_table[...] + timestep_proj.astype(F32)  # (B, 6, D)
+    shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(mod, 6, axis=1)
+    dtype = x.dtype
+
+    h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
+    x = (x.astype(F32) + self.attn1(h, rope=rope, backend=backend) * gate).astype(dtype)
+
+    h = x if self.norm2 is None else self.norm2(x).astype(dtype)
+    x = x + self.attn2(h, context, backend=backend)
+
+    h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
+    return (x.astype(F32) + self.ffn(h).astype(F32) * c_gate).astype(dtype)
+
+
+class TimestepEmbedder(nnx.Module):
+
+  def __init__(self, din: int, dim: int, rngs: nnx.Rngs):
+    self.linear_1 = linear(din, dim, F32, rngs)
+    self.linear_2 = linear(dim, dim, F32, rngs)
+
+  def __call__(self, x):
+    return self.linear_2(jax.nn.silu(self.linear_1(x)))
+
+
+class TextEmbedder(nnx.Module):
+
+  def __init__(self, din: int, dim: int, rngs: nnx.Rngs):
+    self.linear_1 = linear(din, dim, F32, rngs)
+    self.linear_2 = linear(dim, dim, F32, rngs)
+
+  def __call__(self, x):
+    return self.linear_2(jax.nn.gelu(self.linear_1(x), approximate=True))
+
+
+class ConditionEmbedder(nnx.Module):
+  """Timestep → (temb, per-block modulation (B, 6, D)); text (B, L, text_dim) → (B, L, D). All fp32."""
+
+  def __init__(self, cfg: WanConfig, rngs: nnx.Rngs):
+    self.freq_dim = cfg.freq_dim
+    self.time_embedder = TimestepEmbedder(cfg.freq_dim, cfg.dim, rngs)
+    self.time_proj = linear(cfg.dim, 6 * cfg.dim, F32, rngs)
+    self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim, rngs)
+
+  def __call__(self, timestep, text):
+    temb = self.time_embedder(timestep_embedding(timestep, self.freq_dim))
+    timestep_proj = self.time_proj(jax.nn.silu(temb)).reshape(temb.shape[0], 6, -1)
+    return temb, timestep_proj, self.text_embedder(text.astype(F32))
+
+
+class WanTransformer(nnx.Module):
+  """Wan2.1 T2V DiT. Call with diffusers' layouts: (B, C, F, H, W), (B,), (B, L, text_dim)."""
+
+  def __init__(self, cfg: WanConfig, *, dtype=jnp.bfloat16, rngs: nnx.Rngs,
+               scan_layers: bool = True, remat: str = "none", attention: str = "xla"):
+    if remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    self.config = cfg
+    self.dtype = dtype
+    self.scan_layers = scan_layers
+    self.remat = remat
+    self.attention = attention
+    pt, ph, pw = cfg.patch_size
+    # Conv3d with kernel = stride = patch, stored (t, h, w, in, out).
+    self.patch_embedding = nnx.Conv(cfg.in_channels, cfg.dim, kernel_size=(pt, ph, pw), strides=(pt, ph, pw),
+                                    padding="VALID", dtype=dtype, param_dtype=dtype, rngs=rngs)
+    self.condition_embedder = ConditionEmbedder(cfg, rngs)
+
+    @nnx.split_rngs(splits=cfg.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make_blocks(rngs):
+      return WanBlock(cfg, dtype, rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.proj_out = linear(cfg.dim, cfg.out_channels * pt * ph * pw, dtype, rngs)
+    self.scale_shift_table = nnx.Param(
+        jax.random.normal(rngs.params(), (1, 2, cfg.dim), F32) / math.sqrt(cfg.dim))
+
+  def __call__(self, hidden_states, timestep, encoder_hidden_states):
+    cfg = self.config
+    b, _, f, h, w = hidden_states.shape
+    pt, ph, pw = cfg.patch_size
+    gf, gh, gw = f // pt, h // ph, w // pw
+    if not (gf and gh and gw):
+      raise ValueError(f"latents of shape (F, H, W) = {(f, h, w)} are smaller than one patch {cfg.patch_size}")
+
+    x = jnp.transpose(hidden_states, (0, 2, 3, 4, 1)).astype(self.dtype)  # channels-last
+    x = self.patch_embedding(x[:, :gf * pt, :gh * ph, :gw * pw]).reshape(b, gf * gh * gw, cfg.dim)
+
+    timestep = jnp.broadcast_to(jnp.asarray(timestep), (b,))
+    temb, timestep_proj, context = self.condition_embedder(timestep, encoder_hidden_states)
+    context = context.astype(self.dtype)
+    rope = rope_tables(cfg, gf, gh, gw)
+
+    x = self._run_blocks(x, context, timestep_proj, rope)
+
+    shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
+    x = (layer_norm(x, cfg.eps) * (1 + scale) + shift).astype(self.dtype)
+    x = self.proj_out(x)
+    x = x.reshape(b, gf, gh, gw, pt, ph, pw, -1)
+    x = jnp.transpose(x, (0, 7, 1, 4, 2, 5, 3, 6))
+    return x.reshape(b, -1, gf * pt, gh * ph, gw * pw)
+
+  def _run_blocks(self, x, context, timestep_proj, rope):
+    backend = self.attention
+
+    def body(x, block):
+      return block(x, context, timestep_proj, rope, backend), None
+
+    policy = REMAT_POLICIES[self.remat]
+    if self.remat != "none":
+      body = nnx.remat(body, policy=policy)
+    if self.scan_layers:
+      x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, self.blocks)
+      return x
+    graphdef, state = nnx.split(self.blocks)
+    for i in range(self.config.num_layers):
+      x, _ = body(x, nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state)))
+    return x
