@@ -30,7 +30,7 @@ def main(argv=None) -> int:
   try:
     if os.path.exists(args.out) and not args.overwrite:
       raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
-    model = load_transformer(args.src, dtype=args.dtype or _saved_dtype(args.src))
+    model = load_transformer(args.src, dtype=args.dtype)
     save = save_diffusers if args.format == "diffusers" else save_wan
     n, nbytes = save(model, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype,
                      overwrite=args.overwrite)
@@ -40,17 +40,6 @@ def main(argv=None) -> int:
   print(f"wrote {n} tensors, {nbytes / 1e6:.1f} MB ({args.format} layout) in {time.time() - start:.1f} s "
         f"-> {args.out}")
   return 0
-
-
-def _saved_dtype(src: str) -> str:
-  """The dtype a Flax directory was saved in; float32 for PyTorch checkpoints."""
-  import json
-  from convert.wan_loader import FLAX_MARKER
-  marker = os.path.join(src, FLAX_MARKER)
-  if os.path.isfile(marker):
-    with open(marker) as f:
-      return json.load(f)["dtype"]
-  return "float32"
 
 
 if __name__ == "__main__":

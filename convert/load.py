@@ -17,10 +17,11 @@ def load_transformer(path: str, dtype="float32", allow_pickle: bool = False, pro
   `path` may be a diffusers `transformer/` or pipeline directory, original Wan-AI weights, a ComfyUI
   `.safetensors` file, or a directory written by `convert.torch_to_flax`. `dtype` is the compute and
   weight dtype; norms, modulation tables and the condition embedder always stay fp32.
+  `dtype=None` keeps the dtype a Flax directory was saved in (float32 for PyTorch checkpoints).
   `model_kwargs` go to `WanTransformer` (scan_layers, remat, attention).
   """
   path = str(path)
   if os.path.isfile(os.path.join(path, FLAX_MARKER)):
-    return read_flax_transformer(path, jnp.dtype(dtype), **model_kwargs)
+    return read_flax_transformer(path, dtype and jnp.dtype(dtype), **model_kwargs)
   ckpt = inspect_checkpoint(path, allow_pickle=allow_pickle)
-  return read_transformer(ckpt, jnp.dtype(dtype), progress=progress, **model_kwargs)
+  return read_transformer(ckpt, jnp.dtype(dtype or "float32"), progress=progress, **model_kwargs)

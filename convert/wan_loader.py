@@ -212,9 +212,8 @@ def _config_from_json(d: dict, where: str) -> WanConfig | None:
 
 def _infer_config(shapes: dict[str, tuple], layout: str) -> WanConfig:
   """Architecture from tensor shapes (Wan2.1 heads are always 128 wide)."""
-  t = {e.diffusers if layout == "diffusers" else e.wan: e for e in wan_keys.key_table(WanConfig())}
-  name = lambda e: (e.diffusers if layout == "diffusers" else e.wan).format(i=0)
-  entry = {e.flax: e for e in t.values()}
+  entry = {e.flax: e for e in wan_keys.key_table(WanConfig())}
+  name = lambda e: wan_keys.torch_keys(e, layout, num_layers=1)[0]
   pe = shapes[name(entry["patch_embedding.kernel"])]
   dim, in_channels, patch = pe[0], pe[1], tuple(pe[2:])
   if dim % 128:

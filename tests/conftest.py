@@ -21,6 +21,8 @@ WIDE = dict(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=32, 
 DEEP = dict(patch_size=(2, 2, 2), num_attention_heads=4, attention_head_dim=20, in_channels=5,
             out_channels=7, text_dim=24, freq_dim=32, ffn_dim=48, num_layers=4, cross_attn_norm=False,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+# Real Wan heads are 128 wide, which lets a checkpoint without config.json be understood.
+HEAD128 = dict(TINY, num_attention_heads=2, attention_head_dim=128, text_dim=32, freq_dim=32)
 CONFIGS = {"tiny": TINY, "wide": WIDE, "deep": DEEP}
 
 

@@ -282,7 +282,7 @@ class WanTransformer(nnx.Module):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {remat!r}; choose one of {sorted(REMAT_POLICIES)}")
     self.config = cfg
-    self.dtype = dtype
+    self.dtype = dtype = jnp.dtype(dtype)
     self.scan_layers = scan_layers
     self.remat = remat
     self.attention = attention
