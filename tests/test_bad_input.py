@@ -1,0 +1,128 @@
+"""Every malformed checkpoint is refused with a message that names what is wrong."""
+import json
+import os
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from diffusers import WanTransformer3DModel
+
+import t2vu_jax
+from conftest import TINY
+from convert.wan_loader import CheckpointError
+
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+
+
+def rewrite(path, edit):
+  """Apply `edit` to the state dict of a single-file diffusers checkpoint, in place."""
+  tensors = safetensors.torch.load_file(str(path / WEIGHTS))
+  edit(tensors)
+  safetensors.torch.save_file(tensors, str(path / WEIGHTS), metadata={"format": "pt"})
+
+
+@pytest.fixture
+def checkpoint(save_diffusers_transformer):
+  return save_diffusers_transformer(TINY)[1]
+
+
+def test_missing_path(tmp_path):
+  with pytest.raises(CheckpointError, match="does not exist: .*nowhere"):
+    t2vu_jax.load_transformer(tmp_path / "nowhere")
+
+
+def test_directory_without_weights(tmp_path):
+  with pytest.raises(CheckpointError, match="no transformer weights found"):
+    t2vu_jax.load_transformer(tmp_path)
+
+
+def test_unknown_file_format(tmp_path):
+  (tmp_path / "model.gguf").write_bytes(b"GGUF")
+  with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+    t2vu_jax.load_transformer(tmp_path / "model.gguf")
+
+
+def test_truncated_safetensors(checkpoint):
+  f = checkpoint / WEIGHTS
+  size = f.stat().st_size
+  os.truncate(f, size - 100)
+  with pytest.raises(CheckpointError, match=f"truncated: tensor .* ends at byte {size}, file has {size - 100}"):
+    t2vu_jax.load_transformer(checkpoint)
+  os.truncate(f, 5)
+  with pytest.raises(CheckpointError, match="too short"):
+    t2vu_jax.load_transformer(checkpoint)
+
+
+def test_missing_tensor(checkpoint):
+  rewrite(checkpoint, lambda t: t.pop("blocks.1.attn2.to_v.bias"))
+  with pytest.raises(CheckpointError, match=r"1 missing tensor\(s\): blocks.1.attn2.to_v.bias"):
+    t2vu_jax.load_transformer(checkpoint)
+
+
+def test_unexpected_tensor(checkpoint):
+  rewrite(checkpoint, lambda t: t.update({"blocks.0.attn1.lora_A.weight": torch.zeros(2, 24)}))
+  with pytest.raises(CheckpointError, match=r"1 unexpected tensor\(s\): blocks.0.attn1.lora_A.weight"):
+    t2vu_jax.load_transformer(checkpoint)
+
+
+def test_wrong_shape(checkpoint):
+  rewrite(checkpoint, lambda t: t.update({"blocks.0.ffn.net.2.weight": torch.zeros(24, 31)}))
+  with pytest.raises(CheckpointError, match=r"blocks.0.ffn.net.2.weight has shape \(24, 31\), expected \(24, 32\)"):
+    t2vu_jax.load_transformer(checkpoint)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_tensor(checkpoint, bad):
+  def poison(t):
+    t["blocks.1.attn1.to_k.weight"][3, 4] = bad
+  rewrite(checkpoint, poison)
+  with pytest.raises(CheckpointError, match=r"1 tensor\(s\) contain NaN or Inf: blocks.1.attn1.to_k.weight"):
+    t2vu_jax.load_transformer(checkpoint)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".bin"])
+def test_pickles_are_refused_unless_allowed(checkpoint, tmp_path, suffix):
+  state = safetensors.torch.load_file(str(checkpoint / WEIGHTS))
+  pickle_dir = tmp_path / "pickled"
+  pickle_dir.mkdir()
+  (pickle_dir / "config.json").write_text((checkpoint / "config.json").read_text())
+  torch.save(state, pickle_dir / f"diffusion_pytorch_model{suffix}")
+  for path in (pickle_dir, pickle_dir / f"diffusion_pytorch_model{suffix}"):
+    with pytest.raises(CheckpointError, match="refusing to load PyTorch pickle.*allow_pickle=True"):
+      t2vu_jax.load_transformer(path)
+  model = t2vu_jax.load_transformer(pickle_dir, allow_pickle=True, progress=False)
+  reference = t2vu_jax.load_transformer(checkpoint, progress=False)
+  x, t, ctx = np.ones((1, 4, 1, 4, 4), np.float32), np.array([10]), np.ones((1, 3, 16), np.float32)
+  np.testing.assert_array_equal(np.asarray(model(x, t, ctx)), np.asarray(reference(x, t, ctx)))
+
+
+def test_config_that_contradicts_the_tensors(checkpoint):
+  config = json.loads((checkpoint / "config.json").read_text())
+  config["ffn_dim"] = 64
+  (checkpoint / "config.json").write_text(json.dumps(config))
+  with pytest.raises(CheckpointError, match=r"config .*config.json.*ffn 64.*blocks.0.ffn.net.0.proj.weight has "
+                                            r"shape \(32, 24\), expected \(64, 24\)"):
+    t2vu_jax.load_transformer(checkpoint)
+  config.update(ffn_dim=32, num_layers=3)
+  (checkpoint / "config.json").write_text(json.dumps(config))
+  with pytest.raises(CheckpointError, match=r"3 layers.*missing tensor\(s\): blocks.2."):
+    t2vu_jax.load_transformer(checkpoint)
+
+
+def test_image_to_video_checkpoint_is_refused(tmp_path):
+  i2v = WanTransformer3DModel(**dict(TINY, in_channels=9, image_dim=20, added_kv_proj_dim=24))
+  i2v.save_pretrained(tmp_path / "i2v")
+  with pytest.raises(CheckpointError, match="image-to-video"):
+    t2vu_jax.load_transformer(tmp_path / "i2v")
+  (tmp_path / "i2v" / "config.json").unlink()  # refused from the tensors alone too
+  with pytest.raises(CheckpointError, match=r"image-to-video \(I2V\) Wan checkpoint"):
+    t2vu_jax.load_transformer(tmp_path / "i2v")
+
+
+def test_sharded_index_naming_a_missing_shard(save_diffusers_transformer):
+  _, path = save_diffusers_transformer(TINY, max_shard_size="20KB")
+  shard = sorted(path.glob("*.safetensors"))[0]
+  shard.unlink()
+  with pytest.raises(CheckpointError, match=f"lists shard files that do not exist.*{shard.name}"):
+    t2vu_jax.load_transformer(path)
