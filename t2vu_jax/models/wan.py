@@ -343,3 +343,15 @@ class WanTransformer(nnx.Module):
     for i in range(self.config.num_layers):
       x, _ = body(x, nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state)))
     return x
+
+
+def forward_flops(cfg: WanConfig, video_tokens: int, text_len: int = 512, batch: int = 1) -> int:
+  """Analytic FLOPs of one forward (matmuls only, 2 per multiply-add)."""
+  d, s, l = cfg.dim, video_tokens, text_len
+  per_layer = (4 * s * d * d + 2 * s * s * d      # self-attention: q, k, v, out; scores and values
+               + 2 * s * d * d + 2 * l * d * d    # cross-attention: q, out on video; k, v on text
+               + 2 * s * l * d                    # cross-attention scores and values
+               + 2 * s * d * cfg.ffn_dim)         # feed-forward
+  embed = s * cfg.in_channels * math.prod(cfg.patch_size) * d + l * (cfg.text_dim * d + d * d)
+  head = s * d * cfg.out_channels * math.prod(cfg.patch_size)
+  return 2 * batch * (cfg.num_layers * per_layer + embed + head)
