@@ -145,3 +145,28 @@ def test_safetensors_writer_is_read_by_the_reference_library(tmp_path):
     assert tuple(sf.get_tensor("c").shape) == (0, 2)
   with SafetensorsFile(tmp_path / "x.safetensors") as sf:
     np.testing.assert_array_equal(sf.read("a"), arrays["a"])
+
+
+def test_failed_export_leaves_nothing_behind(save_diffusers_transformer, tmp_path, monkeypatch):
+  _, src = save_diffusers_transformer(TINY)
+  model = t2vu_jax.load_transformer(src, progress=False)
+  out = tmp_path / "exports" / "model"
+  save_diffusers(model, out, progress=False)
+  before = read_all(out)
+
+  import convert.wan_writer as writer
+  real = writer.transformer_tensors
+
+  def failing(*args, **kwargs):
+    specs = real(*args, **kwargs)
+    def boom():
+      raise OSError("disk full")
+    return specs[:5] + [specs[5]._replace(produce=boom)] + specs[6:]
+  monkeypatch.setattr(writer, "transformer_tensors", failing)
+  with pytest.raises(OSError, match="disk full"):
+    save_diffusers(model, out, overwrite=True, progress=False)
+  # The earlier export is untouched and no temporary directory is left beside it.
+  assert_bit_identical(before, read_all(out))
+  assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
+  with pytest.raises(FileExistsError, match="already exists"):
+    save_diffusers(model, out, progress=False)
