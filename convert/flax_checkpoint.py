@@ -20,9 +20,10 @@ def save_flax_transformer(model: WanTransformer, out: str, overwrite: bool = Fal
     with open(os.path.join(tmp, FLAX_MARKER), "w") as f:
       json.dump({"model": "wan_transformer", "dtype": jnp.dtype(model.dtype).name,
                  "config": model.config.to_dict()}, f, indent=2)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, "params"), nnx.state(model, nnx.Param).to_pure_dict())
-    checkpointer.wait_until_finished()
+    # Synchronous: an async save would first copy every array to host memory.
+    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    checkpointer.save(os.path.join(tmp, "params"), args=ocp.args.StandardSave(
+        nnx.state(model, nnx.Param).to_pure_dict()))
 
 
 def read_flax_transformer(path: str, dtype=None, shardings=None, **model_kwargs) -> WanTransformer:
