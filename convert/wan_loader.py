@@ -55,7 +55,8 @@ class SafetensorsSource:
     self.prefix = prefix
 
   def keys(self):
-    return [k[len(self.prefix):] if k.startswith(self.prefix) else k for k in self._where]
+    # A ComfyUI file may bundle a VAE or text encoder beside the prefixed transformer: skip them.
+    return [k[len(self.prefix):] for k in self._where if k.startswith(self.prefix)]
 
   def shape(self, key):
     k = self._full(key)
@@ -97,7 +98,8 @@ class PickleSource:
       sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
       sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
       for k, v in sd.items():
-        self.tensors[k[len(prefix):] if k.startswith(prefix) else k] = v
+        if k.startswith(prefix):
+          self.tensors[k[len(prefix):]] = v
 
   def keys(self):
     return list(self.tensors)
@@ -244,7 +246,7 @@ def inspect_checkpoint(path: str, allow_pickle: bool = False) -> TorchCheckpoint
     source = PickleSource(files)
     shapes = {k: source.shape(k) for k in source.keys()}
   prefix = wan_keys.COMFYUI_PREFIX if any(k.startswith(wan_keys.COMFYUI_PREFIX) for k in shapes) else ""
-  shapes = {k[len(prefix):] if prefix and k.startswith(prefix) else k: s for k, s in shapes.items()}
+  shapes = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
 
   if any(m in k for k in shapes for m in _I2V_MARKERS):
     raise CheckpointError(f"{path} is an image-to-video (I2V) Wan checkpoint (it has image-conditioning "
