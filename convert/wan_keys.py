@@ -33,6 +33,11 @@ class Entry(NamedTuple):
   transform: Transform
 
   @property
+  def path(self) -> tuple[str, ...]:
+    """The NNX state path, as `nnx.to_flat_state` names it."""
+    return tuple(self.flax.split("."))
+
+  @property
   def per_layer(self) -> bool:
     return "{i}" in self.diffusers
 

@@ -42,42 +42,45 @@ class CheckpointError(ValueError):
 
 
 class SafetensorsSource:
-  """Tensors spread over one or more safetensors files, addressed by key."""
+  """Tensors spread over one or more safetensors files, addressed by key without `prefix`.
+
+  Keys without the prefix are not part of the model (a ComfyUI file may bundle a VAE or text
+  encoder beside the prefixed transformer) and are skipped.
+  """
 
   def __init__(self, files: list[str], prefix: str = ""):
     self.files = [SafetensorsFile(f) for f in files]
-    self._where = {}
-    for sf in self.files:
-      for k in sf.keys():
-        if k in self._where:
-          raise CheckpointError(f"tensor {k!r} appears in both {self._where[k].path} and {sf.path}")
-        self._where[k] = sf
-    self.prefix = prefix
+    self._where = {}  # key without prefix -> (file index, file, key in the file)
+    for n, sf in enumerate(self.files):
+      for full in sf.keys():
+        if not full.startswith(prefix):
+          continue
+        key = full[len(prefix):]
+        if key in self._where:
+          raise CheckpointError(f"tensor {full!r} appears in both {self._where[key][1].path} and {sf.path}")
+        self._where[key] = (n, sf, full)
 
   def keys(self):
-    # A ComfyUI file may bundle a VAE or text encoder beside the prefixed transformer: skip them.
-    return [k[len(self.prefix):] for k in self._where if k.startswith(self.prefix)]
+    return list(self._where)
 
   def shape(self, key):
-    k = self._full(key)
-    return self._where[k].tensors[k].shape
-
-  def _full(self, key):
-    return self.prefix + key if self.prefix + key in self._where else key
+    _, sf, full = self._where[key]
+    return sf.tensors[full].shape
 
   def read(self, key):
-    k = self._full(key)
-    return self._where[k].read(k)
+    _, sf, full = self._where[key]
+    return sf.read(full)
 
   def release(self, key):
-    k = self._full(key)
-    self._where[k].release(k)
+    _, sf, full = self._where[key]
+    sf.release(full)
 
   def order(self, keys):
     """Keys sorted by (file, offset) so the files are read front to back."""
-    idx = {id(sf): i for i, sf in enumerate(self.files)}
-    return sorted(keys, key=lambda k: (idx[id(self._where[self._full(k)])],
-                                       self._where[self._full(k)].tensors[self._full(k)].start))
+    def position(key):
+      n, sf, full = self._where[key]
+      return n, sf.tensors[full].start
+    return sorted(keys, key=position)
 
   def close(self):
     for sf in self.files:
@@ -122,14 +125,6 @@ class PickleSource:
 
   def close(self):
     self.tensors.clear()
-
-
-def _safetensors_keys(files: list[str]) -> list[str]:
-  keys = []
-  for f in files:
-    with SafetensorsFile(f) as sf:
-      keys += list(sf.keys())
-  return keys
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,13 +315,12 @@ def read_transformer(ckpt: TorchCheckpoint, dtype=jnp.float32, place: Callable |
 
   expected = {}  # checkpoint key -> (entry, layer index or None, checkpoint shape)
   for entry in table:
-    path = tuple(entry.flax.split("."))
-    if path not in flat:
+    if entry.path not in flat:
       raise AssertionError(f"key table names {entry.flax}, which the model does not have")
-    shape = wan_keys.torch_shape(entry, flat[path].shape)
+    shape = wan_keys.torch_shape(entry, flat[entry.path].shape)
     for i, key in enumerate(wan_keys.torch_keys(entry, ckpt.layout, cfg.num_layers)):
       expected[key] = (entry, i if entry.per_layer else None, shape)
-  unmapped = set(flat) - {tuple(e.flax.split(".")) for e in table}
+  unmapped = set(flat) - {e.path for e in table}
   if unmapped:
     raise AssertionError(f"model parameters missing from the key table: {sorted(unmapped)}")
 
@@ -355,7 +349,7 @@ def read_transformer(ckpt: TorchCheckpoint, dtype=jnp.float32, place: Callable |
       value = source.read(key)
       if not np.isfinite(value.astype(np.float32) if value.dtype.kind != "f" else value).all():
         non_finite.append(key)
-      dest = buffers[tuple(entry.flax.split("."))]
+      dest = buffers[entry.path]
       if layer is not None:
         dest = dest[layer]
       dest[...] = entry.transform.to_flax(value)

@@ -47,7 +47,7 @@ def transformer_tensors(model: WanTransformer, layout: str, dtype=None) -> list[
     return host[path]
 
   def spec(entry, key, layer):
-    path = tuple(entry.flax.split("."))
+    path = entry.path
     shape = wan_keys.torch_shape(entry, flat[path].shape)
 
     def produce():
