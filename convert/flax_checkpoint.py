@@ -20,9 +20,11 @@ def save_flax_transformer(model: WanTransformer, out: str, overwrite: bool = Fal
     with open(os.path.join(tmp, FLAX_MARKER), "w") as f:
       json.dump({"model": "wan_transformer", "dtype": jnp.dtype(model.dtype).name,
                  "config": model.config.to_dict()}, f, indent=2)
-    # Synchronous: an async save would first copy every array to host memory.
-    checkpointer = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-    checkpointer.save(os.path.join(tmp, "params"), args=ocp.args.StandardSave(
+    # Synchronous: an async save would first copy every array to host memory. Uncompressed:
+    # zstd builds a whole compressed copy of each (stacked, up to ~1 GB) array before writing,
+    # and weights barely compress.
+    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_compression=False))
+    checkpointer.save(os.path.join(tmp, "params"), args=ocp.args.PyTreeSave(
         nnx.state(model, nnx.Param).to_pure_dict()))
 
 
