@@ -7,23 +7,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
+from convert.streaming import CONV3D, IDENTITY, LINEAR, Param, Transform
 from t2vu_jax.models.wan import WanConfig
 
 COMFYUI_PREFIX = "model.diffusion_model."
-
-
-class Transform(NamedTuple):
-  name: str
-  to_flax: callable
-  to_torch: callable
-
-
-IDENTITY = Transform("identity", lambda a: a, lambda a: a)
-LINEAR = Transform("linear", lambda a: a.T, lambda a: a.T)  # torch (out, in) ↔ flax (in, out)
-CONV3D = Transform("conv3d", lambda a: a.transpose(2, 3, 4, 1, 0),  # (out,in,t,h,w) ↔ (t,h,w,in,out)
-                   lambda a: a.transpose(4, 3, 0, 1, 2))
 
 
 class Entry(NamedTuple):
@@ -40,6 +27,10 @@ class Entry(NamedTuple):
   @property
   def per_layer(self) -> bool:
     return "{i}" in self.diffusers
+
+  def param(self, layout: str) -> Param:
+    """This entry as a `Param` of checkpoint layout "diffusers" or "wan"."""
+    return Param(self.path, self.diffusers if layout == "diffusers" else self.wan, self.transform)
 
 
 def _linear(flax, diffusers, wan):
@@ -79,18 +70,6 @@ def key_table(cfg: WanConfig) -> list[Entry]:
     table += [Entry("blocks.norm2.scale", "blocks.{i}.norm2.weight", "blocks.{i}.norm3.weight", IDENTITY),
               Entry("blocks.norm2.bias", "blocks.{i}.norm2.bias", "blocks.{i}.norm3.bias", IDENTITY)]
   return table
-
-
-def torch_keys(entry: Entry, layout: str, num_layers: int) -> list[str]:
-  """The checkpoint key(s) of one entry in `layout` ("diffusers" or "wan"), one per layer for blocks."""
-  pattern = entry.diffusers if layout == "diffusers" else entry.wan
-  return [pattern.format(i=i) for i in range(num_layers)] if entry.per_layer else [pattern]
-
-
-def torch_shape(entry: Entry, flax_shape: tuple[int, ...]) -> tuple[int, ...]:
-  """The checkpoint shape of one (per-layer) tensor given the NNX parameter's shape."""
-  shape = flax_shape[1:] if entry.per_layer else flax_shape
-  return entry.transform.to_torch(np.empty(shape, np.uint8)).shape
 
 
 def num_tensors(cfg: WanConfig) -> int:

@@ -16,15 +16,14 @@ import os
 import re
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from convert import wan_keys
-from convert.safetensors_io import SafetensorsError, SafetensorsFile
+from convert.safetensors_io import SafetensorsError
+from convert.streaming import CheckpointError, SafetensorsSource, read_into_module
 from t2vu_jax.models.wan import WanConfig, WanTransformer
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -33,58 +32,8 @@ _I2V_MARKERS = ("img_emb", "k_img", "v_img", "add_k_proj", "add_v_proj", "image_
 _UNSUPPORTED_MARKERS = {"vace_": "VACE", "motion_encoder": "Wan-Animate", "face_adapter": "Wan-Animate"}
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be converted; the message names the files and tensors at fault."""
-
-
 # ----------------------------------------------------------------------------------------------
-# Tensor sources: one interface over sharded safetensors and (opt-in) pickles
-
-
-class SafetensorsSource:
-  """Tensors spread over one or more safetensors files, addressed by key without `prefix`.
-
-  Keys without the prefix are not part of the model (a ComfyUI file may bundle a VAE or text
-  encoder beside the prefixed transformer) and are skipped.
-  """
-
-  def __init__(self, files: list[str], prefix: str = ""):
-    self.files = [SafetensorsFile(f) for f in files]
-    self._where = {}  # key without prefix -> (file index, file, key in the file)
-    for n, sf in enumerate(self.files):
-      for full in sf.keys():
-        if not full.startswith(prefix):
-          continue
-        key = full[len(prefix):]
-        if key in self._where:
-          raise CheckpointError(f"tensor {full!r} appears in both {self._where[key][1].path} and {sf.path}")
-        self._where[key] = (n, sf, full)
-
-  def keys(self):
-    return list(self._where)
-
-  def shape(self, key):
-    _, sf, full = self._where[key]
-    return sf.tensors[full].shape
-
-  def read(self, key):
-    _, sf, full = self._where[key]
-    return sf.read(full)
-
-  def release(self, key):
-    _, sf, full = self._where[key]
-    sf.release(full)
-
-  def order(self, keys):
-    """Keys sorted by (file, offset) so the files are read front to back."""
-    def position(key):
-      n, sf, full = self._where[key]
-      return n, sf.tensors[full].start
-    return sorted(keys, key=position)
-
-  def close(self):
-    for sf in self.files:
-      sf.close()
+# Tensor sources
 
 
 class PickleSource:
@@ -210,7 +159,7 @@ def _config_from_json(d: dict, where: str) -> WanConfig | None:
 def _infer_config(shapes: dict[str, tuple], layout: str) -> WanConfig:
   """Architecture from tensor shapes (Wan2.1 heads are always 128 wide)."""
   entry = {e.flax: e for e in wan_keys.key_table(WanConfig())}
-  name = lambda e: wan_keys.torch_keys(e, layout, num_layers=1)[0]
+  name = lambda e: e.param(layout).torch_keys(num_layers=1)[0]
   pe = shapes[name(entry["patch_embedding.kernel"])]
   dim, in_channels, patch = pe[0], pe[1], tuple(pe[2:])
   if dim % 128:
@@ -281,21 +230,6 @@ def inspect_checkpoint(path: str, allow_pickle: bool = False) -> TorchCheckpoint
 # Streaming conversion
 
 
-def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:
-  """An uninitialised array whose data is `alignment`-byte aligned (lets CPU jax alias it)."""
-  dtype = np.dtype(dtype)
-  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-  raw = np.empty(nbytes + alignment, np.uint8)
-  offset = -raw.ctypes.data % alignment
-  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
-def _format_list(names, limit=12):
-  names = sorted(names)
-  more = f" ... and {len(names) - limit} more" if len(names) > limit else ""
-  return ", ".join(names[:limit]) + more
-
-
 def abstract_transformer(config: WanConfig, dtype, **model_kwargs) -> WanTransformer:
   return nnx.eval_shape(lambda: WanTransformer(config, dtype=dtype, rngs=nnx.Rngs(0), **model_kwargs))
 
@@ -309,61 +243,11 @@ def read_transformer(ckpt: TorchCheckpoint, dtype=jnp.float32, place: Callable |
   """
   cfg = ckpt.config
   model = abstract_transformer(cfg, dtype, **model_kwargs)
-  graphdef, abstract = nnx.split(model)
-  flat = dict(nnx.to_flat_state(abstract))
-  table = wan_keys.key_table(cfg)
-
-  expected = {}  # checkpoint key -> (entry, layer index or None, checkpoint shape)
-  for entry in table:
-    if entry.path not in flat:
-      raise AssertionError(f"key table names {entry.flax}, which the model does not have")
-    shape = wan_keys.torch_shape(entry, flat[entry.path].shape)
-    for i, key in enumerate(wan_keys.torch_keys(entry, ckpt.layout, cfg.num_layers)):
-      expected[key] = (entry, i if entry.per_layer else None, shape)
-  unmapped = set(flat) - {e.path for e in table}
-  if unmapped:
-    raise AssertionError(f"model parameters missing from the key table: {sorted(unmapped)}")
-
-  source = ckpt.open()
-  try:
-    present = set(source.keys())
-    problems = []
-    if missing := set(expected) - present:
-      problems.append(f"{len(missing)} missing tensor(s): {_format_list(missing)}")
-    if unexpected := present - set(expected):
-      problems.append(f"{len(unexpected)} unexpected tensor(s): {_format_list(unexpected)}")
-    wrong = [f"{k} has shape {tuple(source.shape(k))}, expected {s}"
-             for k, (_, _, s) in expected.items() if k in present and tuple(source.shape(k)) != s]
-    if wrong:
-      problems.append(f"{len(wrong)} tensor(s) with the wrong shape: {'; '.join(wrong[:12])}")
-    if problems:
-      raise CheckpointError(
-          f"{ckpt.files[0] if len(ckpt.files) == 1 else os.path.dirname(ckpt.files[0])} "
-          f"({ckpt.format} layout, config {ckpt.config_source}: {_describe(cfg)}) does not match the "
-          "Wan transformer: " + "; ".join(problems))
-
-    buffers = {path: aligned_empty(v.shape, v.dtype) for path, v in flat.items()}
-    non_finite = []
-    for key in tqdm(source.order(expected), desc="converting", unit="tensor", disable=not progress):
-      entry, layer, _ = expected[key]
-      value = source.read(key)
-      if not np.isfinite(value.astype(np.float32) if value.dtype.kind != "f" else value).all():
-        non_finite.append(key)
-      dest = buffers[entry.path]
-      if layer is not None:
-        dest = dest[layer]
-      dest[...] = entry.transform.to_flax(value)
-      del value
-      source.release(key)
-    if non_finite:
-      raise CheckpointError(f"{len(non_finite)} tensor(s) contain NaN or Inf: {_format_list(non_finite)}")
-  finally:
-    source.close()
-
-  place = place or (lambda path, a: jax.device_put(a))
-  for path in list(buffers):
-    flat[path] = flat[path].replace(place(path, buffers.pop(path)))
-  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+  table = [entry.param(ckpt.layout) for entry in wan_keys.key_table(cfg)]
+  files = ckpt.files[0] if len(ckpt.files) == 1 else os.path.dirname(ckpt.files[0])
+  where = (f"{files} ({ckpt.format} layout, config {ckpt.config_source}: {_describe(cfg)}) does not "
+           "match the Wan transformer")
+  return read_into_module(model, table, ckpt.open(), cfg.num_layers, where, place, progress)
 
 
 def _describe(cfg: WanConfig) -> str:

@@ -46,19 +46,19 @@ def transformer_tensors(model: WanTransformer, layout: str, dtype=None) -> list[
       host[path] = np.asarray(jax.device_get(flat[path][...]))
     return host[path]
 
-  def spec(entry, key, layer):
-    path = entry.path
-    shape = wan_keys.torch_shape(entry, flat[path].shape)
+  def spec(param, layer):
+    shape = param.torch_shape(flat[param.path].shape)
 
     def produce():
-      a = array(path)
-      return entry.transform.to_torch(a if layer is None else a[layer]).astype(dtype)
+      a = array(param.path)
+      return param.transform.to_torch(a if layer is None else a[layer]).astype(dtype)
+    key = param.torch_key if layer is None else param.torch_key.format(i=layer)
     return TensorSpec(key, shape, dtype, produce)
 
-  table = wan_keys.key_table(cfg)
-  specs = [spec(e, wan_keys.torch_keys(e, layout, 1)[0], None) for e in table if not e.per_layer]
+  table = [entry.param(layout) for entry in wan_keys.key_table(cfg)]
+  specs = [spec(p, None) for p in table if not p.per_layer]
   for i in range(cfg.num_layers):
-    specs += [spec(e, wan_keys.torch_keys(e, layout, cfg.num_layers)[i], i) for e in table if e.per_layer]
+    specs += [spec(p, i) for p in table if p.per_layer]
   return specs
 
 

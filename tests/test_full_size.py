@@ -22,9 +22,8 @@ def test_key_table_covers_the_full_size_diffusers_model(cfg, count):
     reference = WanTransformer3DModel(**diffusers_config(cfg)).state_dict()
   flat = dict(nnx.to_flat_state(nnx.state(abstract_transformer(cfg, "bfloat16"))))
   ours = {}
-  for e in wan_keys.key_table(cfg):
-    shape = wan_keys.torch_shape(e, flat[e.path].shape)
-    ours.update({k: shape for k in wan_keys.torch_keys(e, "diffusers", cfg.num_layers)})
+  for p in (e.param("diffusers") for e in wan_keys.key_table(cfg)):
+    ours.update({k: p.torch_shape(flat[p.path].shape) for k in p.torch_keys(cfg.num_layers)})
   assert len(ours) == len(reference) == wan_keys.num_tensors(cfg) == count
   assert {k: tuple(v.shape) for k, v in reference.items()} == ours
 
