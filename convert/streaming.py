@@ -142,11 +142,13 @@ def format_list(names, limit=12) -> str:
 
 def read_into_module(abstract_module: nnx.Module, table: list[Param], source, num_layers: int = 0,
                      where: str = "checkpoint", place: Callable | None = None,
-                     progress: bool = True, desc: str = "converting") -> nnx.Module:
+                     progress: bool = True, desc: str = "converting", ignore: frozenset = frozenset()
+                     ) -> nnx.Module:
   """Fill `abstract_module` (from `nnx.eval_shape`) with the tensors `table` names in `source`.
 
   `source` has keys(), shape(key), read(key) -> numpy, release(key), order(keys) and close().
-  Mismatches raise `CheckpointError` naming the tensors, prefixed by `where` (what and from where).
+  Mismatches raise `CheckpointError` naming the tensors, prefixed by `where` (what and from where);
+  keys in `ignore` (e.g. a tied duplicate of an embedding) may be present and are not read.
   `place(path, host_array) -> jax.Array` puts each parameter on its device(s); the default is
   `jax.device_put` (zero-copy on CPU). The source is closed in all cases.
   """
@@ -169,7 +171,7 @@ def read_into_module(abstract_module: nnx.Module, table: list[Param], source, nu
     problems = []
     if missing := set(expected) - present:
       problems.append(f"{len(missing)} missing tensor(s): {format_list(missing)}")
-    if unexpected := present - set(expected):
+    if unexpected := present - set(expected) - ignore:
       problems.append(f"{len(unexpected)} unexpected tensor(s): {format_list(unexpected)}")
     wrong = [f"{k} has shape {tuple(source.shape(k))}, expected {s}"
              for k, (_, _, s) in expected.items() if k in present and tuple(source.shape(k)) != s]
