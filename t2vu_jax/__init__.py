@@ -5,3 +5,9 @@ def load_transformer(path, dtype="float32", **kwargs):
   """Load a Wan2.1 T2V transformer from any supported checkpoint format (see `convert.load`)."""
   from convert.load import load_transformer as _load
   return _load(path, dtype=dtype, **kwargs)
+
+
+def load_pipeline(path, dtype="float32", **kwargs):
+  """Load a diffusers Wan2.1 T2V pipeline directory for generation (see `t2vu_jax.pipeline`)."""
+  from t2vu_jax.pipeline import load_pipeline as _load
+  return _load(path, dtype=dtype, **kwargs)

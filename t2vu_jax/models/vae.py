@@ -1,0 +1,383 @@
+"""Wan2.1 video VAE in Flax NNX: what diffusers' `AutoencoderKLWan` computes.
+
+Layout: `decode` and `encode` take and return diffusers' (B, C, F, H, W); inside, tensors are
+channels-last (B, F, H, W, C).
+
+Every 3D convolution is causal in time: a kernel of 3 frames sees the current frame and the two
+before it (zeros before the first frame). Video is processed chunk by chunk as diffusers does — one
+latent frame at a time when decoding, 1 then 4 frames at a time when encoding — with each causal
+conv carrying its last input frames to the next chunk, so memory does not grow with video length.
+The first chunk is special: temporal upsampling skips it (1 latent frame -> 1 frame, each later one
+-> 4), and temporal downsampling passes it through. Attribute names follow diffusers, so the weight
+conversion (`convert/wan_vae.py`) follows from the module tree.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t2vu_jax.attention import dot_product_attention
+
+F32 = jnp.float32
+ENCODER_CHUNK = 4  # frames per encoder chunk after the first (diffusers' `_encode`)
+
+# diffusers' config fields that describe variants this model does not implement, with the value
+# the Wan2.1 VAE has and what another value means.
+UNSUPPORTED = {
+    "is_residual": (False, "residual up/down blocks are the Wan2.2 VAE"),
+    "in_channels": (3, "the Wan2.1 VAE encodes RGB video"),
+    "out_channels": (3, "the Wan2.1 VAE decodes RGB video"),
+    "patch_size": (None, "patchified input is the Wan2.2 VAE"),
+    "attn_scales": ([], "encoder attention, which diffusers' chunked encoder cannot run"),
+}
+
+WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
+WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+
+
+@dataclasses.dataclass(frozen=True)
+class WanVAEConfig:
+  """Architecture of a Wan2.1 VAE (field names and defaults follow diffusers' config.json).
+
+  `scale_factor_*` are what diffusers' pipeline uses to size latents; the architecture's actual
+  compression is `temporal_compression` / `spatial_compression`.
+  """
+  base_dim: int = 96
+  decoder_base_dim: int | None = None
+  z_dim: int = 16
+  dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+  num_res_blocks: int = 2
+  temperal_downsample: tuple[bool, ...] = (False, True, True)
+  dropout: float = 0.0
+  latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
+  latents_std: tuple[float, ...] = WAN21_LATENTS_STD
+  scale_factor_temporal: int | None = 4
+  scale_factor_spatial: int | None = 8
+
+  def __post_init__(self):
+    for name in ("dim_mult", "temperal_downsample", "latents_mean", "latents_std"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+      raise ValueError(f"config temperal_downsample has {len(self.temperal_downsample)} entries; it needs one "
+                       f"per downsampling stage, len(dim_mult) - 1 = {len(self.dim_mult) - 1}")
+    for name in ("latents_mean", "latents_std"):
+      if len(getattr(self, name)) != self.z_dim:
+        raise ValueError(f"config {name} has {len(getattr(self, name))} entries, expected z_dim = {self.z_dim}")
+    if min(self.latents_std) <= 0:
+      raise ValueError("config latents_std must be positive")
+
+  @property
+  def temporal_compression(self) -> int:
+    return 2 ** sum(map(bool, self.temperal_downsample))
+
+  @property
+  def spatial_compression(self) -> int:
+    return 2 ** (len(self.dim_mult) - 1)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "WanVAEConfig":
+    """From a diffusers `config.json` dict; refuses variants and fields this model does not implement."""
+    for name, (value, meaning) in UNSUPPORTED.items():
+      if name in d and d[name] != value:
+        raise ValueError(f"config {name}={d[name]!r} is not supported: the Wan2.1 VAE has {name}={value!r} "
+                         f"({meaning})")
+    names = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(k for k in d if not k.startswith("_") and k not in names and k not in UNSUPPORTED):
+      raise ValueError(f"config has field(s) this Wan VAE does not know: {', '.join(unknown)}")
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+  def to_dict(self) -> dict[str, Any]:
+    """The diffusers `config.json` fields of this architecture."""
+    d = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    d.update({name: list(value) if isinstance(value, list) else value for name, (value, _) in UNSUPPORTED.items()})
+    return d
+
+
+def denormalize_latents(latents, cfg: WanVAEConfig):
+  """Latents as the transformer sees them -> as the VAE decodes them, as WanPipeline computes it.
+
+  Per channel of (B, C, T, H, W): `latents / (1 / std) + mean`, with mean and std cast to the dtype
+  of `latents` first (the pipeline casts latents to the VAE's dtype before this).
+  """
+  latents = jnp.asarray(latents)
+  shape = (1, cfg.z_dim, 1, 1, 1)
+  mean = jnp.asarray(cfg.latents_mean, F32).astype(latents.dtype).reshape(shape)
+  inv_std = 1.0 / jnp.asarray(cfg.latents_std, F32).astype(latents.dtype).reshape(shape)
+  return latents / inv_std + mean
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+
+class RMSNorm(nnx.Module):
+  """x / max(‖x‖₂, 1e-12) · √C · γ over the channels (diffusers' WanRMS_norm), computed in fp32."""
+
+  def __init__(self, dim: int, dtype):
+    self.scale = dim ** 0.5
+    self.gamma = nnx.Param(jnp.ones((dim,), dtype))
+
+  def __call__(self, x):
+    y = x.astype(F32)
+    norm = jnp.sqrt(jnp.sum(jnp.square(y), axis=-1, keepdims=True))
+    y = y / jnp.maximum(norm, 1e-12)
+    return (y * self.scale * self.gamma[...].astype(F32)).astype(x.dtype)
+
+
+class CausalConv3d(nnx.Module):
+  """Conv3d over (B, F, H, W, C), causal in time: a temporal padding p becomes 2p past frames.
+
+  `cache` holds the last 2p input frames of the previous chunks (None at the start of a video,
+  meaning zeros); the call returns the output and the cache for the next chunk.
+  """
+
+  def __init__(self, din: int, dout: int, kernel: int | tuple[int, int, int],
+               stride: tuple[int, int, int] = (1, 1, 1), padding: int | tuple[int, int, int] = 0, *,
+               dtype, rngs: nnx.Rngs):
+    kernel = (kernel,) * 3 if isinstance(kernel, int) else tuple(kernel)
+    padding = (padding,) * 3 if isinstance(padding, int) else tuple(padding)
+    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), kernel + (din, dout), dtype))
+    self.bias = nnx.Param(jnp.zeros((dout,), dtype))
+    self.stride = tuple(stride)
+    self.past = 2 * padding[0]
+    self.spatial_padding = ((padding[1], padding[1]), (padding[2], padding[2]))
+
+  def __call__(self, x, cache=None):
+    if self.past:
+      if cache is None:
+        cache = jnp.zeros((x.shape[0], self.past, *x.shape[2:]), x.dtype)
+      x = jnp.concatenate([cache, x], axis=1)
+      cache = x[:, -self.past:]
+    y = jax.lax.conv_general_dilated(x, self.kernel[...], self.stride, ((0, 0),) + self.spatial_padding,
+                                     dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    return y + self.bias[...], cache
+
+
+def conv2d(din: int, dout: int, kernel: int, dtype, rngs: nnx.Rngs, **kwargs) -> nnx.Conv:
+  """A per-frame 2D convolution (leading (B, F) axes are batch axes)."""
+  return nnx.Conv(din, dout, (kernel, kernel), dtype=dtype, param_dtype=dtype, rngs=rngs, **kwargs)
+
+
+class ResidualBlock(nnx.Module):
+  """x -> shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))); shortcut is a 1x1x1 conv or identity."""
+
+  def __init__(self, din: int, dout: int, dtype, rngs: nnx.Rngs):
+    self.norm1 = RMSNorm(din, dtype)
+    self.conv1 = CausalConv3d(din, dout, 3, padding=1, dtype=dtype, rngs=rngs)
+    self.norm2 = RMSNorm(dout, dtype)
+    self.conv2 = CausalConv3d(dout, dout, 3, padding=1, dtype=dtype, rngs=rngs)
+    self.conv_shortcut = CausalConv3d(din, dout, 1, dtype=dtype, rngs=rngs) if din != dout else None
+
+  def __call__(self, x, cache=None):
+    cache1, cache2 = cache or (None, None)
+    shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)[0]
+    y, cache1 = self.conv1(jax.nn.silu(self.norm1(x)), cache1)
+    y, cache2 = self.conv2(jax.nn.silu(self.norm2(y)), cache2)
+    return y + shortcut, (cache1, cache2)
+
+
+class AttentionBlock(nnx.Module):
+  """x + proj(attention(norm(x))): one head of width C over the H·W positions of each frame."""
+
+  def __init__(self, dim: int, dtype, rngs: nnx.Rngs):
+    self.norm = RMSNorm(dim, dtype)
+    self.to_qkv = conv2d(dim, 3 * dim, 1, dtype, rngs)
+    self.proj = conv2d(dim, dim, 1, dtype, rngs)
+
+  def __call__(self, x):
+    b, f, h, w, c = x.shape
+    qkv = self.to_qkv(self.norm(x)).reshape(b * f, h * w, 1, 3 * c)
+    q, k, v = jnp.split(qkv, 3, axis=-1)
+    y = dot_product_attention(q, k, v).reshape(b, f, h, w, c)
+    return x + self.proj(y)
+
+
+class MidBlock(nnx.Module):
+  """Residual block, attention, residual block, at the lowest resolution."""
+
+  def __init__(self, dim: int, dtype, rngs: nnx.Rngs):
+    self.resnets = nnx.List([ResidualBlock(dim, dim, dtype, rngs) for _ in range(2)])
+    self.attentions = nnx.List([AttentionBlock(dim, dtype, rngs)])
+
+  def __call__(self, x, cache=None):
+    cache0, cache1 = cache or (None, None)
+    x, cache0 = self.resnets[0](x, cache0)
+    x, cache1 = self.resnets[1](self.attentions[0](x), cache1)
+    return x, (cache0, cache1)
+
+
+class Resample(nnx.Module):
+  """Spatial x2 up/down-sampling of every frame; the `*3d` modes also resample time x2, causally.
+
+  upsample: nearest x2 then a 3x3 conv to dim/2 channels; in time a (3,1,1) causal conv to 2·dim
+  channels whose halves become two consecutive frames — except for the first chunk of a video,
+  which keeps its single frame (the conv's history then starts from zeros at the second chunk).
+  downsample: pad right/bottom by one, 3x3 conv with stride 2; in time a (3,1,1) conv with stride 2
+  over the previous chunk's last frame and this chunk — the first chunk passes through.
+  """
+
+  def __init__(self, dim: int, mode: str, dtype, rngs: nnx.Rngs):
+    self.mode = mode
+    self.up = mode.startswith("upsample")
+    if self.up:
+      self.resample = conv2d(dim, dim // 2, 3, dtype, rngs, padding=((1, 1), (1, 1)))
+      time_conv = dict(dout=2 * dim, padding=(1, 0, 0))
+    else:
+      self.resample = conv2d(dim, dim, 3, dtype, rngs, strides=(2, 2), padding=((0, 1), (0, 1)))
+      time_conv = dict(dout=dim, stride=(2, 1, 1))
+    self.time_conv = (CausalConv3d(dim, kernel=(3, 1, 1), dtype=dtype, rngs=rngs, **time_conv)
+                      if mode.endswith("3d") else None)
+
+  def __call__(self, x, cache=None):
+    if self.mode == "upsample3d":
+      if cache is None:
+        cache = jnp.zeros((x.shape[0], self.time_conv.past, *x.shape[2:]), x.dtype)
+      else:
+        x, cache = self.time_conv(x, cache)
+        b, f, h, w, c2 = x.shape
+        x = x.reshape(b, f, h, w, 2, c2 // 2).transpose(0, 1, 4, 2, 3, 5).reshape(b, 2 * f, h, w, c2 // 2)
+    if self.up:
+      x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+    x = self.resample(x)
+    if self.mode == "downsample3d":
+      last = x[:, -1:]
+      if cache is not None:
+        x = self.time_conv(jnp.concatenate([cache, x], axis=1))[0]
+      cache = last
+    return x, cache
+
+
+class UpBlock(nnx.Module):
+
+  def __init__(self, din: int, dout: int, num_res_blocks: int, upsample: str | None, dtype, rngs: nnx.Rngs):
+    self.resnets = nnx.List([ResidualBlock(din if i == 0 else dout, dout, dtype, rngs)
+                             for i in range(num_res_blocks + 1)])
+    self.upsamplers = nnx.List([Resample(dout, upsample, dtype, rngs)]) if upsample else None
+
+  def __call__(self, x, cache=None):
+    n = len(self.resnets)
+    cache = list(cache or [None] * (n + 1))
+    for i, resnet in enumerate(self.resnets):
+      x, cache[i] = resnet(x, cache[i])
+    if self.upsamplers is not None:
+      x, cache[n] = self.upsamplers[0](x, cache[n])
+    return x, tuple(cache)
+
+
+class Decoder(nnx.Module):
+  """One chunk of latent frames (B, F, h, w, z_dim) -> video frames (B, F', H, W, 3)."""
+
+  def __init__(self, cfg: WanVAEConfig, dtype, rngs: nnx.Rngs):
+    base = cfg.decoder_base_dim or cfg.base_dim
+    dims = [base * m for m in (cfg.dim_mult[-1],) + cfg.dim_mult[::-1]]
+    temporal = cfg.temperal_downsample[::-1]
+    last = len(cfg.dim_mult) - 1
+    self.conv_in = CausalConv3d(cfg.z_dim, dims[0], 3, padding=1, dtype=dtype, rngs=rngs)
+    self.mid_block = MidBlock(dims[0], dtype, rngs)
+    blocks = []
+    for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
+      upsample = None if i == last else ("upsample3d" if temporal[i] else "upsample2d")
+      # Every upsampler halves the channels, so each block after the first gets half its nominal width.
+      blocks.append(UpBlock(din // 2 if i else din, dout, cfg.num_res_blocks, upsample, dtype, rngs))
+    self.up_blocks = nnx.List(blocks)
+    self.norm_out = RMSNorm(dims[-1], dtype)
+    self.conv_out = CausalConv3d(dims[-1], 3, 3, padding=1, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, cache=None):
+    n = len(self.up_blocks)
+    cache = list(cache or [None] * (n + 3))
+    x, cache[0] = self.conv_in(x, cache[0])
+    x, cache[1] = self.mid_block(x, cache[1])
+    for i, block in enumerate(self.up_blocks):
+      x, cache[2 + i] = block(x, cache[2 + i])
+    x, cache[-1] = self.conv_out(jax.nn.silu(self.norm_out(x)), cache[-1])
+    return x, tuple(cache)
+
+
+class Encoder(nnx.Module):
+  """One chunk of video frames (B, F, H, W, 3) -> posterior parameters (B, F', h, w, 2·z_dim)."""
+
+  def __init__(self, cfg: WanVAEConfig, dtype, rngs: nnx.Rngs):
+    dims = [cfg.base_dim * m for m in (1,) + cfg.dim_mult]
+    last = len(cfg.dim_mult) - 1
+    self.conv_in = CausalConv3d(3, dims[0], 3, padding=1, dtype=dtype, rngs=rngs)
+    layers = []
+    for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
+      for j in range(cfg.num_res_blocks):
+        layers.append(ResidualBlock(din if j == 0 else dout, dout, dtype, rngs))
+      if i != last:
+        layers.append(Resample(dout, "downsample3d" if cfg.temperal_downsample[i] else "downsample2d", dtype, rngs))
+    self.down_blocks = nnx.List(layers)
+    self.mid_block = MidBlock(dims[-1], dtype, rngs)
+    self.norm_out = RMSNorm(dims[-1], dtype)
+    self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_dim, 3, padding=1, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x, cache=None):
+    n = len(self.down_blocks)
+    cache = list(cache or [None] * (n + 3))
+    x, cache[0] = self.conv_in(x, cache[0])
+    for i, layer in enumerate(self.down_blocks):
+      x, cache[1 + i] = layer(x, cache[1 + i])
+    x, cache[-2] = self.mid_block(x, cache[-2])
+    x, cache[-1] = self.conv_out(jax.nn.silu(self.norm_out(x)), cache[-1])
+    return x, tuple(cache)
+
+
+def run_chunks(step, first, rest):
+  """Apply `step(x, cache) -> (y, cache)` to `first` (cache None) and then to each chunk of `rest`
+  (B, N, chunk, ...) in order with `lax.scan`; concatenates the outputs along frames."""
+  y, cache = step(first, None)
+  if rest.shape[1] == 0:
+    return y
+  _, ys = jax.lax.scan(lambda c, x: step(x, c)[::-1], cache, jnp.moveaxis(rest, 1, 0))
+  ys = jnp.moveaxis(ys, 0, 1)
+  return jnp.concatenate([y, ys.reshape(ys.shape[0], -1, *ys.shape[3:])], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autoencoder
+
+
+class WanVAE(nnx.Module):
+  """Wan2.1 causal video VAE: 1 + 4k frames <-> 1 + k latent frames, 8x smaller in H and W."""
+
+  def __init__(self, cfg: WanVAEConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = cfg
+    self.dtype = dtype = jnp.dtype(dtype)
+    z = cfg.z_dim
+    self.encoder = Encoder(cfg, dtype, rngs)
+    self.quant_conv = CausalConv3d(2 * z, 2 * z, 1, dtype=dtype, rngs=rngs)
+    self.post_quant_conv = CausalConv3d(z, z, 1, dtype=dtype, rngs=rngs)
+    self.decoder = Decoder(cfg, dtype, rngs)
+
+  def decode(self, z):
+    """Raw (de-normalised) latents (B, z_dim, T, h, w) -> video (B, 3, 1 + 4(T-1), 8h, 8w) in [-1, 1].
+
+    Latent frame by latent frame, as diffusers' `AutoencoderKLWan.decode` (without tiling).
+    """
+    x = jnp.moveaxis(jnp.asarray(z), 1, -1).astype(self.dtype)
+    x = self.post_quant_conv(x)[0]
+    b, t, h, w, c = x.shape
+    video = run_chunks(self.decoder, x[:, :1], x[:, 1:].reshape(b, t - 1, 1, h, w, c))
+    return jnp.clip(jnp.moveaxis(video, -1, 1), -1.0, 1.0)
+
+  def encode(self, video):
+    """Video (B, 3, 1 + 4k, H, W) in [-1, 1] -> posterior (mean, logvar), each (B, z_dim, 1 + k, H/8, W/8).
+
+    The first frame, then 4 frames at a time, as diffusers' `AutoencoderKLWan.encode` (without
+    tiling); logvar is clipped to [-30, 20] as its DiagonalGaussianDistribution does.
+    """
+    x = jnp.moveaxis(jnp.asarray(video), 1, -1).astype(self.dtype)
+    b, f, h, w, c = x.shape
+    if (f - 1) % ENCODER_CHUNK:
+      raise ValueError(f"video has {f} frames; the Wan VAE encodes 1 + {ENCODER_CHUNK}k frames")
+    rest = x[:, 1:].reshape(b, (f - 1) // ENCODER_CHUNK, ENCODER_CHUNK, h, w, c)
+    moments = self.quant_conv(run_chunks(self.encoder, x[:, :1], rest))[0]
+    mean, logvar = jnp.split(jnp.moveaxis(moments, -1, 1), 2, axis=1)
+    return mean, jnp.clip(logvar, -30.0, 20.0)

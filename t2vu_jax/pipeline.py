@@ -1,0 +1,222 @@
+"""Text to video with Wan2.1 in JAX: what diffusers' `WanPipeline` does, given the same initial noise.
+
+prompt -> UMT5 embeddings (zero after each prompt's tokens) -> flow-matching sampling with
+classifier-free guidance `v = v_uncond + g (v_cond - v_uncond)` (one jitted `lax.scan` over steps)
+-> de-normalised latents -> VAE decode -> frames in [0, 1] -> uint8.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from convert.load import load_transformer
+from convert.streaming import CheckpointError
+from convert.umt5 import read_umt5
+from convert.wan_vae import read_vae
+from t2vu_jax import schedulers, text
+from t2vu_jax.models.umt5 import UMT5Encoder
+from t2vu_jax.models.vae import WanVAE, denormalize_latents
+from t2vu_jax.models.wan import WanTransformer
+
+SUBFOLDERS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+VAE_STRIDE = (4, 8, 8)  # temporal, spatial compression of the Wan VAE
+
+
+def check_video_shape(height: int, width: int, num_frames: int) -> None:
+  if height <= 0 or width <= 0 or height % 16 or width % 16:
+    raise ValueError(f"height and width must be positive multiples of 16, got {height}x{width}")
+  if num_frames < 1 or (num_frames - 1) % VAE_STRIDE[0]:
+    raise ValueError(f"num_frames must be 4k+1 (1, 5, 9, ..., 81), got {num_frames}")
+
+
+def latent_shape(batch: int, channels: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+  t, s, _ = VAE_STRIDE
+  return (batch, channels, (num_frames - 1) // t + 1, height // s, width // s)
+
+
+def cfg_velocity(model: WanTransformer, latents, t, cond, uncond, guidance):
+  """Guided velocity; conditional and unconditional passes share one batched forward."""
+  if uncond is None:
+    return model(latents, jnp.broadcast_to(t, latents.shape[:1]), cond)
+  b = latents.shape[0]
+  both = model(jnp.concatenate([latents, latents]), jnp.broadcast_to(t, (2 * b,)),
+               jnp.concatenate([cond, uncond]))
+  v_cond, v_uncond = both[:b], both[b:]
+  return v_uncond + guidance * (v_cond - v_uncond)
+
+
+def sample(model: WanTransformer, scheduler: schedulers.Scheduler, latents, cond, uncond=None,
+           guidance: float = 5.0, on_step=None):
+  """Run the whole sampling loop from `latents` (pure; jit it). `uncond=None` disables guidance.
+
+  `on_step(i)` is called on the host after each step (a progress bar).
+  """
+  latents = latents.astype(jnp.float32)
+  timesteps = jnp.asarray(scheduler.timesteps)
+  graphdef, params = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(params)
+
+  def body(carry, i):
+    x, state = carry
+    # Rebuild the module from plain arrays, so its Variables belong to this trace level.
+    model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+    v = cfg_velocity(model, x.astype(model.dtype), timesteps[i], cond.astype(model.dtype),
+                     None if uncond is None else uncond.astype(model.dtype), guidance)
+    x, state = scheduler.step(state, v.astype(jnp.float32), x)
+    if on_step is not None:
+      jax.debug.callback(on_step, i, ordered=True)
+    return (x, state), None
+
+  (latents, _), _ = jax.lax.scan(body, (latents, scheduler.init(latents)),
+                                 jnp.arange(len(scheduler.timesteps)))
+  return latents
+
+
+@dataclasses.dataclass
+class WanPipeline:
+  """Loaded Wan2.1 T2V components; `generate` turns prompts into videos."""
+  transformer: WanTransformer
+  text_encoder: UMT5Encoder
+  tokenizer: object
+  vae: WanVAE
+  scheduler_config: dict
+  embedding_cache: text.EmbeddingCache | None = None
+
+  def encode(self, prompts: list[str], progress: bool = False) -> jax.Array:
+    return text.encode_prompts(self.text_encoder, self.tokenizer, prompts, cache=self.embedding_cache,
+                               progress=progress)
+
+  def scheduler(self, steps: int, shift: float | None = None, name: str | None = None) -> schedulers.Scheduler:
+    """The checkpoint's scheduler (or `name`: "unipc" | "euler") for `steps` steps and `shift`."""
+    if name is None:
+      return schedulers.scheduler_from_config(self.scheduler_config, steps, shift)
+    return schedulers.make_scheduler(name, steps, self.scheduler_config.get("flow_shift", 1.0)
+                                     if shift is None else shift)
+
+  def decode(self, latents) -> np.ndarray:
+    """Latents (B, C, T, H, W) -> float frames (B, F, H, W, 3) in [0, 1]."""
+    video = _decode(self.vae, jnp.asarray(latents, jnp.float32))
+    return np.asarray(video)
+
+  def generate_latents(self, prompts, negative_prompt="", height=480, width=832, num_frames=81,
+                       steps=50, guidance=5.0, shift=None, seed=0, latents=None, scheduler=None,
+                       progress=True) -> jax.Array:
+    """Prompts to final (not yet de-normalised) latents. `latents` fixes the initial noise."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+      raise ValueError("generate needs at least one prompt (got an empty list)")
+    check_video_shape(height, width, num_frames)
+    if steps < 1:
+      raise ValueError(f"steps must be >= 1, got {steps}")
+    negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negative) != len(prompts):
+      raise ValueError(f"{len(negative)} negative prompts for {len(prompts)} prompts")
+    shape = latent_shape(len(prompts), self.transformer.config.in_channels, height, width, num_frames)
+    if latents is None:
+      latents = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+    elif tuple(np.shape(latents)) != shape:
+      raise ValueError(f"initial latents have shape {tuple(np.shape(latents))}, expected {shape} for "
+                       f"{len(prompts)} prompt(s) at {num_frames}x{height}x{width}")
+    use_cfg = guidance > 1.0  # as diffusers: guidance <= 1 means no unconditional pass
+    embeddings = self.encode(prompts + (negative if use_cfg else []))
+    cond, uncond = embeddings[:len(prompts)], embeddings[len(prompts):] if use_cfg else None
+    sched = self.scheduler(steps, shift, scheduler)
+    with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
+      _progress_bars.append(bar)
+      try:
+        out = jax.block_until_ready(_sample(self.transformer, sched, jnp.asarray(latents, jnp.float32),
+                                            cond, uncond, float(guidance)))
+      finally:
+        _progress_bars.pop()
+    return out
+
+  def generate(self, prompts, negative_prompt="", height=480, width=832, num_frames=81, steps=50,
+               guidance=5.0, shift=None, seed=0, latents=None, scheduler=None, progress=True,
+               output="uint8") -> np.ndarray:
+    """Prompts to videos (B, F, H, W, 3): uint8 by default, or `output="float"` frames in [0, 1]."""
+    if output not in ("uint8", "float"):
+      raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
+    final = self.generate_latents(prompts, negative_prompt, height, width, num_frames, steps, guidance,
+                                  shift, seed, latents, scheduler, progress)
+    frames = self.decode(final)
+    return frames if output == "float" else np.round(frames * 255).astype(np.uint8)
+
+
+_progress_bars = []  # the bar of the sampling run in progress, advanced from inside the jitted loop
+
+
+def _advance_progress(i):
+  if _progress_bars:
+    _progress_bars[-1].update(1)
+
+
+@nnx.jit(static_argnums=(1,))
+def _sample(model, scheduler, latents, cond, uncond, guidance):
+  return sample(model, scheduler, latents, cond, uncond, guidance, _advance_progress)
+
+
+@nnx.jit
+def _decode(vae: WanVAE, latents):
+  video = vae.decode(denormalize_latents(latents, vae.config))  # (B, C, F, H, W) in [-1, 1]
+  return jnp.clip(jnp.transpose(video, (0, 2, 3, 4, 1)) / 2 + 0.5, 0.0, 1.0)
+
+
+def check_pipeline_dir(path: str) -> dict:
+  """The `model_index.json` of a diffusers Wan T2V pipeline directory, or a clear error."""
+  path = str(path)
+  index = os.path.join(path, "model_index.json")
+  if not os.path.isfile(index):
+    raise CheckpointError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+  with open(index) as f:
+    meta = json.load(f)
+  cls = meta.get("_class_name")
+  if cls != "WanPipeline":
+    raise CheckpointError(f"{index}: pipeline class {cls!r} is not supported; only text-to-video "
+                          "'WanPipeline' checkpoints are")
+  if meta.get("transformer_2") not in (None, [None, None]) or meta.get("boundary_ratio") is not None:
+    raise CheckpointError(f"{index}: a two-transformer (Wan2.2) pipeline is not supported")
+  missing = [s for s in SUBFOLDERS if not os.path.isdir(os.path.join(path, s))]
+  if missing:
+    raise CheckpointError(f"{path}: missing pipeline subfolder(s) {', '.join(missing)} "
+                          f"(a Wan pipeline has {', '.join(SUBFOLDERS)})")
+  return meta
+
+
+def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float32",
+                  transformer: str | None = None, cache_dir: str | None = None,
+                  progress: bool = True) -> WanPipeline:
+  """Load a diffusers Wan2.1 T2V pipeline directory.
+
+  `dtype` is the transformer's dtype, `text_dtype` the encoder's (default: `dtype`). `transformer`
+  replaces the pipeline's transformer (any path `load_transformer` reads, e.g. erased weights).
+  `cache_dir` enables the on-disk prompt embedding cache.
+  """
+  path = str(path)
+  check_pipeline_dir(path)
+  config_path = os.path.join(path, "scheduler", "scheduler_config.json")
+  if not os.path.isfile(config_path):
+    raise CheckpointError(f"{path}/scheduler has no scheduler_config.json")
+  with open(config_path) as f:
+    scheduler_config = json.load(f)
+  schedulers.scheduler_from_config(scheduler_config, 1)  # unsupported options fail before loading weights
+  tokenizer = text.load_tokenizer(path)
+  encoder = read_umt5(path, jnp.dtype(text_dtype or dtype), progress=progress)
+  text.check_vocab(tokenizer, encoder)
+  transformer = load_transformer(transformer or os.path.join(path, "transformer"), dtype, progress=progress)
+  if transformer.config.text_dim != encoder.config.d_model:
+    raise CheckpointError(f"{path}: the transformer expects {transformer.config.text_dim}-wide text "
+                          f"embeddings but the text encoder gives {encoder.config.d_model}")
+  vae = read_vae(path, jnp.dtype(vae_dtype), progress=progress)
+  cache = None
+  if cache_dir:
+    files = [os.path.join(path, "text_encoder", f) for f in os.listdir(os.path.join(path, "text_encoder"))
+             if f.endswith(".safetensors")]
+    cache = text.EmbeddingCache.for_files(cache_dir, files, path)
+  return WanPipeline(transformer, encoder, tokenizer, vae, scheduler_config, cache)

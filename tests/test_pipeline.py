@@ -1,0 +1,126 @@
+"""End to end: our pipeline vs diffusers' WanPipeline on the same tiny random weights and noise."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import UMT5_TINY, build_umt5
+from convert.streaming import CheckpointError
+from t2vu_jax import generate
+from t2vu_jax.pipeline import load_pipeline
+
+HEIGHT, WIDTH, FRAMES = 32, 48, 5  # latents (16, 2, 4, 6)
+
+
+def noise(batch=1, seed=0):
+  return torch.randn((batch, 16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8),
+                     generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("scheduler,shift,guidance", [("unipc", 3.0, 5.0), ("euler", 5.0, 5.0), ("unipc", 3.0, 1.0)])
+def test_generate_matches_diffusers(wan_pipeline_dir, scheduler, shift, guidance):
+  """guidance 1 runs only the conditional pass in both."""
+  reference, path = wan_pipeline_dir(scheduler, shift)
+  prompts, negative = ["a naked woman walking in the park", "a red car"], "blurry"
+  latents = noise(batch=2)
+  with torch.no_grad():
+    expected = reference(prompts, negative, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=4,
+                         guidance_scale=guidance, latents=latents.clone(), output_type="np",
+                         max_sequence_length=512).frames
+  pipe = load_pipeline(path, "float32", progress=False)
+  got = pipe.generate(prompts, negative, HEIGHT, WIDTH, FRAMES, steps=4, guidance=guidance,
+                      latents=latents.numpy(), output="float", progress=False)
+  assert got.shape == expected.shape == (2, FRAMES, HEIGHT, WIDTH, 3)
+  err = np.abs(got - expected).max()
+  print(f"{scheduler}, guidance {guidance}: max abs error on float frames {err:.2e}")
+  assert err <= 1e-3, err
+  as_uint8 = pipe.generate(prompts, negative, HEIGHT, WIDTH, FRAMES, steps=4, guidance=guidance,
+                           latents=latents.numpy(), progress=False)
+  assert as_uint8.dtype == np.uint8 and np.abs(as_uint8 / 255.0 - got).max() <= 0.5 / 255 + 1e-6
+
+
+def test_seeded_noise_is_reproducible(wan_pipeline_dir):
+  _, path = wan_pipeline_dir()
+  pipe = load_pipeline(path, "float32", progress=False)
+  kw = dict(height=HEIGHT, width=WIDTH, num_frames=FRAMES, steps=2, progress=False, output="float")
+  first, again = pipe.generate("a cat", seed=1, **kw), pipe.generate("a cat", seed=1, **kw)
+  np.testing.assert_array_equal(first, again)
+  assert np.abs(first - pipe.generate("a cat", seed=2, **kw)).max() > 1e-3
+
+
+def test_bfloat16_generation_stays_close_to_float32(wan_pipeline_dir):
+  import t2vu_jax
+  _, path = wan_pipeline_dir()
+  kw = dict(height=HEIGHT, width=WIDTH, num_frames=FRAMES, steps=3, seed=3, progress=False, output="float")
+  full = t2vu_jax.load_pipeline(path, "float32", progress=False).generate("a red car", **kw)
+  half = t2vu_jax.load_pipeline(path, "bfloat16", progress=False).generate("a red car", **kw)
+  assert half.dtype == np.float32 and np.isfinite(half).all()
+  assert np.abs(half - full).mean() < 0.02, np.abs(half - full).mean()
+
+
+def test_bad_generation_inputs(wan_pipeline_dir, tmp_path):
+  _, path = wan_pipeline_dir()
+  pipe = load_pipeline(path, "float32", progress=False)
+  kw = dict(steps=1, progress=False)
+  with pytest.raises(ValueError, match="multiples of 16"):
+    pipe.generate("a cat", height=40, width=WIDTH, num_frames=FRAMES, **kw)
+  with pytest.raises(ValueError, match="4k\\+1"):
+    pipe.generate("a cat", height=HEIGHT, width=WIDTH, num_frames=4, **kw)
+  with pytest.raises(ValueError, match="at least one prompt"):
+    pipe.generate([], height=HEIGHT, width=WIDTH, num_frames=FRAMES, **kw)
+  with pytest.raises(ValueError, match="initial latents have shape"):
+    pipe.generate("a cat", height=HEIGHT, width=WIDTH, num_frames=FRAMES, latents=np.zeros((1, 16, 1, 4, 6)), **kw)
+
+  broken = tmp_path / "broken"
+  shutil.copytree(path, broken)
+  shutil.rmtree(broken / "vae")
+  with pytest.raises(CheckpointError, match="missing pipeline subfolder.*vae"):
+    load_pipeline(broken)
+  with pytest.raises(CheckpointError, match="no model_index.json"):
+    load_pipeline(tmp_path)
+
+  big_vocab = tmp_path / "big_vocab"
+  shutil.copytree(path, big_vocab)
+  shutil.rmtree(big_vocab / "text_encoder")
+  build_umt5(dict(UMT5_TINY, vocab_size=30)).save_pretrained(big_vocab / "text_encoder")
+  with pytest.raises(ValueError, match="tokenizer has .* tokens but the text encoder's embedding table has only 30"):
+    load_pipeline(big_vocab, progress=False)
+
+  index = json.loads((path / "model_index.json").read_text())
+  (broken / "model_index.json").write_text(json.dumps(dict(index, _class_name="WanImageToVideoPipeline")))
+  with pytest.raises(CheckpointError, match="WanImageToVideoPipeline"):
+    load_pipeline(broken)
+
+
+def test_generate_cli_writes_a_playable_video(wan_pipeline_dir, tmp_path):
+  import imageio.v3 as iio
+  _, path = wan_pipeline_dir()
+  latents = noise().numpy()
+  np.save(tmp_path / "noise.npy", latents)
+  args = ["--model", str(path), "--prompt", "a dog running on the beach", "--frames", str(FRAMES),
+          "--height", str(HEIGHT), "--width", str(WIDTH), "--steps", "2", "--dtype", "float32",
+          "--latents", str(tmp_path / "noise.npy"), "--save-array", str(tmp_path / "frames.npy")]
+  assert generate.main(args + ["--out", str(tmp_path / "dog.mp4")]) == 0
+  video = read_mp4(tmp_path / "dog.mp4")
+  assert video.shape == (FRAMES, HEIGHT, WIDTH, 3)
+  frames = np.load(tmp_path / "frames.npy")
+  assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and frames.dtype == np.uint8
+  # Same noise, same frames; the mp4 is lossy, so only close.
+  assert np.abs(video.astype(float) - frames).mean() < 20
+  assert generate.main(args + ["--out", str(tmp_path / "dog.gif")]) == 0
+  assert iio.imread(tmp_path / "dog.gif").shape[0] == FRAMES
+
+  assert generate.main(args + ["--out", str(tmp_path / "dog.avi")]) == 1
+  assert generate.main(args[:4] + ["--frames", "6", "--out", str(tmp_path / "x.mp4")]) == 1
+  assert not (tmp_path / "x.mp4").exists()
+
+
+def read_mp4(path):
+  """Decode every frame with ffmpeg (uint8, (F, H, W, 3))."""
+  import imageio_ffmpeg
+  reader = imageio_ffmpeg.read_frames(str(path))
+  meta = next(reader)
+  w, h = meta["size"]
+  return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
