@@ -107,6 +107,12 @@ class SafetensorsSource:
       sf.close()
 
 
+def component_dir(path: str, name: str) -> str:
+  """`path` itself, or its `name/` subfolder when `path` is a diffusers pipeline directory."""
+  sub = os.path.join(str(path), name)
+  return sub if os.path.isdir(sub) else str(path)
+
+
 def safetensors_files(directory: str, what: str) -> list[str]:
   """The weight files of a diffusers/transformers component directory (single file or sharded)."""
   if not os.path.isdir(directory):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from convert.safetensors_io import SafetensorsError
-from convert.streaming import (LINEAR, CheckpointError, Param, SafetensorsSource,
+from convert.streaming import (LINEAR, CheckpointError, Param, SafetensorsSource, component_dir,
                                read_into_module, safetensors_files)
 from t2vu_jax.models.umt5 import UMT5Config, UMT5Encoder
 
@@ -32,15 +32,8 @@ def key_table(cfg: UMT5Config, embedding_key: str = "shared.weight") -> list[Par
   return table
 
 
-def text_encoder_dir(path: str) -> str:
-  """`path` itself, or its `text_encoder/` when `path` is a pipeline directory."""
-  path = str(path)
-  sub = os.path.join(path, "text_encoder")
-  return sub if os.path.isdir(sub) else path
-
-
 def read_umt5_config(path: str) -> UMT5Config:
-  directory = text_encoder_dir(path)
+  directory = component_dir(path, "text_encoder")
   config_path = os.path.join(directory, "config.json")
   if not os.path.isfile(config_path):
     raise CheckpointError(f"text encoder: no config.json in {directory}")
@@ -53,7 +46,7 @@ def read_umt5_config(path: str) -> UMT5Config:
 
 def read_umt5(path: str, dtype=jnp.float32, progress: bool = True, place=None, **model_kwargs) -> UMT5Encoder:
   """Load a transformers `UMT5EncoderModel` directory (or a pipeline's `text_encoder/`) in `dtype`."""
-  directory = text_encoder_dir(path)
+  directory = component_dir(path, "text_encoder")
   if not os.path.isdir(directory):
     raise CheckpointError(f"text encoder directory does not exist: {directory}")
   cfg = read_umt5_config(directory)

@@ -15,7 +15,7 @@ from flax import nnx
 
 from convert.safetensors_io import SafetensorsError
 from convert.streaming import (CONV2D, CONV3D, IDENTITY, CheckpointError, Param, SafetensorsSource,
-                               Transform, read_into_module, safetensors_files)
+                               Transform, component_dir, read_into_module, safetensors_files)
 from t2vu_jax.models.vae import AttentionBlock, CausalConv3d, RMSNorm, WanVAE, WanVAEConfig
 
 
@@ -47,15 +47,8 @@ def key_table(model: WanVAE) -> list[Param]:
   return table
 
 
-def vae_dir(path: str) -> str:
-  """`path` itself, or its `vae/` when `path` is a pipeline directory."""
-  path = str(path)
-  sub = os.path.join(path, "vae")
-  return sub if os.path.isdir(sub) else path
-
-
 def read_vae_config(path: str) -> WanVAEConfig:
-  directory = vae_dir(path)
+  directory = component_dir(path, "vae")
   if not os.path.isdir(directory):
     raise CheckpointError(f"VAE directory does not exist: {directory}")
   config_path = os.path.join(directory, "config.json")
@@ -76,7 +69,7 @@ def read_vae_config(path: str) -> WanVAEConfig:
 
 def read_vae(path: str, dtype=jnp.float32, progress: bool = True, place=None) -> WanVAE:
   """Load a diffusers `AutoencoderKLWan` directory (or a pipeline's `vae/`) in `dtype`."""
-  directory = vae_dir(path)
+  directory = component_dir(path, "vae")
   cfg = read_vae_config(directory)
   model = nnx.eval_shape(lambda: WanVAE(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
   try:

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from convert.streaming import CheckpointError
+from convert.streaming import CheckpointError, component_dir
 from t2vu_jax.models.umt5 import UMT5Encoder
 
 MAX_LENGTH = 512
@@ -31,16 +31,10 @@ def clean_prompt(text: str) -> str:
   return re.sub(r"\s+", " ", text).strip()
 
 
-def tokenizer_dir(path: str) -> str:
-  """`path` itself, or its `tokenizer/` when `path` is a pipeline directory."""
-  sub = os.path.join(str(path), "tokenizer")
-  return sub if os.path.isdir(sub) else str(path)
-
-
 def load_tokenizer(path: str):
   """A fast tokenizer from a `tokenizer/` directory (or a pipeline directory holding one)."""
   import transformers
-  directory = tokenizer_dir(path)
+  directory = component_dir(path, "tokenizer")
   if not os.path.isdir(directory):
     raise CheckpointError(f"tokenizer directory does not exist: {directory}")
   try:
@@ -95,7 +89,7 @@ class EmbeddingCache:
   @classmethod
   def for_files(cls, directory: str, encoder_files: list[str], tokenizer_path: str) -> "EmbeddingCache":
     """Identify the encoder and tokenizer by the contents of their files (hashed once per file version)."""
-    tok = tokenizer_dir(tokenizer_path)
+    tok = component_dir(tokenizer_path, "tokenizer")
     tok_files = [os.path.join(tok, f) for f in os.listdir(tok) if os.path.isfile(os.path.join(tok, f))]
     return cls(directory, _file_digest(directory, encoder_files), _sha256_files(tok_files))
 
