@@ -41,41 +41,54 @@ def latent_shape(batch: int, channels: int, height: int, width: int, num_frames:
   return (batch, channels, (num_frames - 1) // t + 1, height // s, width // s)
 
 
-def cfg_velocity(model: WanTransformer, latents, t, cond, uncond, guidance):
-  """Guided velocity; conditional and unconditional passes share one batched forward."""
+def loop_callable(model: nnx.Module):
+  """`model` as a plain function for use inside `jax.lax` loops.
+
+  Each call rebuilds the module from plain arrays, so its Variables belong to the trace level of the
+  loop body (a module captured from an outer trace cannot run its own `nnx.scan` there).
+  """
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  return lambda *args, **kwargs: nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))(*args, **kwargs)
+
+
+def cfg_velocity(velocity, latents, t, cond, uncond, guidance, **model_kwargs):
+  """Guided velocity v_u + g (v_c - v_u) of the callable `velocity(x, t, text, **model_kwargs)`;
+  conditional and unconditional passes share one batched forward. `uncond=None`: v_c only."""
   if uncond is None:
-    return model(latents, jnp.broadcast_to(t, latents.shape[:1]), cond)
+    return velocity(latents, jnp.broadcast_to(t, latents.shape[:1]), cond, **model_kwargs)
   b = latents.shape[0]
-  both = model(jnp.concatenate([latents, latents]), jnp.broadcast_to(t, (2 * b,)),
-               jnp.concatenate([cond, uncond]))
+  both = velocity(jnp.concatenate([latents, latents]), jnp.broadcast_to(t, (2 * b,)),
+                  jnp.concatenate([cond, uncond]), **model_kwargs)
   v_cond, v_uncond = both[:b], both[b:]
   return v_uncond + guidance * (v_cond - v_uncond)
 
 
 def sample(model: WanTransformer, scheduler: schedulers.Scheduler, latents, cond, uncond=None,
-           guidance: float = 5.0, on_step=None):
-  """Run the whole sampling loop from `latents` (pure; jit it). `uncond=None` disables guidance.
+           guidance: float = 5.0, steps=None, on_step=None, **model_kwargs):
+  """Run sampling steps [0, steps) from `latents` (all steps by default; pure, jit it).
 
-  `on_step(i)` is called on the host after each step (a progress bar).
+  `steps` may be a traced integer (a partial trajectory). `uncond=None` disables guidance.
+  `on_step(i)` is called on the host after each step (a progress bar). `model_kwargs` go to the
+  model (e.g. `erasers=False`). Returns the latents at sigma_steps.
   """
-  latents = latents.astype(jnp.float32)
+  velocity = loop_callable(model)
+  dtype = model.dtype
   timesteps = jnp.asarray(scheduler.timesteps)
-  graphdef, params = nnx.split(model)
-  leaves, treedef = jax.tree.flatten(params)
+  cond = cond.astype(dtype)
+  uncond = None if uncond is None else uncond.astype(dtype)
 
-  def body(carry, i):
+  def body(i, carry):
     x, state = carry
-    # Rebuild the module from plain arrays, so its Variables belong to this trace level.
-    model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-    v = cfg_velocity(model, x.astype(model.dtype), timesteps[i], cond.astype(model.dtype),
-                     None if uncond is None else uncond.astype(model.dtype), guidance)
+    v = cfg_velocity(velocity, x.astype(dtype), timesteps[i], cond, uncond, guidance, **model_kwargs)
     x, state = scheduler.step(state, v.astype(jnp.float32), x)
     if on_step is not None:
       jax.debug.callback(on_step, i, ordered=True)
-    return (x, state), None
+    return x, state
 
-  (latents, _), _ = jax.lax.scan(body, (latents, scheduler.init(latents)),
-                                 jnp.arange(len(scheduler.timesteps)))
+  latents = latents.astype(jnp.float32)
+  steps = scheduler.num_steps if steps is None else steps
+  latents, _ = jax.lax.fori_loop(0, steps, body, (latents, scheduler.init(latents)))
   return latents
 
 
@@ -159,7 +172,7 @@ def _advance_progress(i):
 
 @nnx.jit(static_argnums=(1,))
 def _sample(model, scheduler, latents, cond, uncond, guidance):
-  return sample(model, scheduler, latents, cond, uncond, guidance, _advance_progress)
+  return sample(model, scheduler, latents, cond, uncond, guidance, on_step=_advance_progress)
 
 
 @nnx.jit

@@ -61,7 +61,7 @@ def test_one_block_matches_diffusers(save_diffusers_transformer):
     with torch.no_grad():
       ref = torch_model.blocks[layer](hidden, context, temb_proj, rope).numpy()
     block = nnx.merge(graphdef, jax.tree.map(lambda a: a[layer], state))
-    out = block(jnp.asarray(hidden.numpy()), jnp.asarray(context.numpy()), jnp.asarray(temb_proj.numpy()),
+    out, _ = block(jnp.asarray(hidden.numpy()), jnp.asarray(context.numpy()), jnp.asarray(temb_proj.numpy()),
                 rope_tables(model.config, f, h, w))
     assert np.abs(np.asarray(out) - ref).max() <= 1e-6, (np.abs(np.asarray(out) - ref).max(), np.abs(ref).max())
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t2vu_jax.attention import dot_product_attention
+from t2vu_jax.attention import concept_attention, dot_product_attention
 
 F32 = jnp.float32
 
@@ -190,16 +190,25 @@ class Attention(nnx.Module):
     self.norm_q = RMSNorm(dim, cfg.eps)
     self.norm_k = RMSNorm(dim, cfg.eps)
 
-  def __call__(self, x, context=None, rope=None, backend="xla"):
+  def qkv(self, x, context=None, rope=None, lora=None):
+    """Heads-split (B, S, H, D) queries, keys, values; `lora` adds its low-rank deltas."""
     context = x if context is None else context
+    project = lambda name, layer, t: layer(t) + (lora.delta(name, t).astype(t.dtype) if lora else 0)
     split = lambda t: t.reshape(*t.shape[:2], self.heads, -1)
-    q = split(self.norm_q(self.to_q(x)))
-    k = split(self.norm_k(self.to_k(context)))
-    v = split(self.to_v(context))
+    q = split(self.norm_q(project("q", self.to_q, x)))
+    k = split(self.norm_k(project("k", self.to_k, context)))
+    v = split(project("v", self.to_v, context))
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    return q, k, v
+
+  def attend(self, q, k, v, backend="xla", lora=None):
     out = dot_product_attention(q, k, v, backend)
-    return self.to_out(out.reshape(*x.shape[:2], -1))
+    out = out.reshape(*out.shape[:2], -1)
+    return self.to_out(out) + (lora.delta("out", out).astype(out.dtype) if lora else 0)
+
+  def __call__(self, x, context=None, rope=None, backend="xla", lora=None):
+    return self.attend(*self.qkv(x, context, rope, lora), backend, lora)
 
 
 class FeedForward(nnx.Module):
@@ -224,19 +233,52 @@ class WanBlock(nnx.Module):
     self.scale_shift_table = nnx.Param(
         jax.random.normal(rngs.params(), (1, 6, cfg.dim), F32) / math.sqrt(cfg.dim))
 
-  def __call__(self, x, context, timestep_proj, rope, backend="xla"):
+  def __call__(self, x, context, timestep_proj, rope, backend="xla", eraser=None, concept_mask=None,
+               loc_mask=None):
+    """Returns the new x and a `LayerAux`: the cross-attention mass on the concept tokens (when
+    `concept_mask` (B, L) is given) and the eraser's localization term (when `loc_mask` (B, S) is)."""
     mod = self.scale_shift_table[...] + timestep_proj.astype(F32)  # (B, 6, D)
     shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(mod, 6, axis=1)
     dtype = x.dtype
+    adapter_at = eraser.placement if eraser is not None and eraser.kind == "adapter" else None
+    lora = eraser if eraser is not None and eraser.kind == "lora" else None
+    erased = None  # the eraser's output o: what it adds to the attention output it is attached to
 
     h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(dtype)
-    x = (x.astype(F32) + self.attn1(h, rope=rope, backend=backend) * gate).astype(dtype)
+    a = self.attn1(h, rope=rope, backend=backend)
+    if adapter_at == "self_attn":
+      erased = eraser(a)
+      a = a + erased.astype(dtype)
+    x = (x.astype(F32) + a * gate).astype(dtype)
 
     h = x if self.norm2 is None else self.norm2(x).astype(dtype)
-    x = x + self.attn2(h, context, backend=backend)
+    q, k, v = self.attn2.qkv(h, context, lora=lora)
+    c = self.attn2.attend(q, k, v, backend, lora)
+    concept = None if concept_mask is None else concept_attention(q, k, concept_mask)
+    if adapter_at == "cross_attn":
+      erased = eraser(c)
+      c = c + erased.astype(dtype)
+    elif lora is not None and loc_mask is not None:
+      erased = c.astype(F32) - self.attn2(h, context, backend=backend).astype(F32)
+    x = x + c
 
     h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)
-    return (x.astype(F32) + self.ffn(h).astype(F32) * c_gate).astype(dtype)
+    x = (x.astype(F32) + self.ffn(h).astype(F32) * c_gate).astype(dtype)
+    loc = None if loc_mask is None or erased is None else localization_term(erased, loc_mask)
+    return x, LayerAux(concept, loc)
+
+
+class LayerAux(NamedTuple):
+  """Per-layer side outputs of a block (None when not requested)."""
+  concept_attention: jax.Array | None  # (B, S) cross-attention mass on the concept tokens
+  localization: jax.Array | None       # (B,) eraser output energy outside the concept mask
+
+
+def localization_term(erased, loc_mask):
+  """Σ_s mean_d(o²)·(1 − M) / (Σ_s (1 − M) + 1e-9) per sample: eraser activity outside the concept."""
+  outside = 1.0 - loc_mask.astype(F32)
+  energy = jnp.mean(jnp.square(erased.astype(F32)), axis=-1)
+  return jnp.sum(energy * outside, axis=-1) / (jnp.sum(outside, axis=-1) + 1e-9)
 
 
 class TimestepEmbedder(nnx.Module):
@@ -301,8 +343,17 @@ class WanTransformer(nnx.Module):
     self.proj_out = linear(cfg.dim, cfg.out_channels * pt * ph * pw, dtype, rngs)
     self.scale_shift_table = nnx.Param(
         jax.random.normal(rngs.params(), (1, 2, cfg.dim), F32) / math.sqrt(cfg.dim))
+    self.erasers = nnx.data(None)  # stacked per-layer erasers: `t2vu_jax.models.erasers.attach_erasers`
+    self.eraser_config = None
 
-  def __call__(self, hidden_states, timestep, encoder_hidden_states):
+  def __call__(self, hidden_states, timestep, encoder_hidden_states, *, erasers: bool = True,
+               concept_mask=None, loc_masks=None, return_aux: bool = False):
+    """The velocity (B, C, F, H, W); with `return_aux`, also a `LayerAux` stacked over layers.
+
+    `erasers=False` runs the base model even when erasers are attached. `concept_mask` (B, L) asks
+    for each layer's cross-attention mass on those text tokens, (num_layers, B, S); `loc_masks`
+    (num_layers, B, S) asks for each layer's localization term, (num_layers, B).
+    """
     cfg = self.config
     b, _, f, h, w = hidden_states.shape
     pt, ph, pw = cfg.patch_size
@@ -318,31 +369,43 @@ class WanTransformer(nnx.Module):
     context = context.astype(self.dtype)
     rope = rope_tables(cfg, gf, gh, gw)
 
-    x = self._run_blocks(x, context, timestep_proj, rope)
+    eraser_stack = self.erasers if erasers else None
+    if loc_masks is not None and eraser_stack is None:
+      raise ValueError("loc_masks need erasers attached and enabled")
+    x, aux = self._run_blocks(x, context, timestep_proj, rope, eraser_stack, concept_mask, loc_masks)
 
     shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
     x = (layer_norm(x, cfg.eps) * (1 + scale) + shift).astype(self.dtype)
     x = self.proj_out(x)
     x = x.reshape(b, gf, gh, gw, pt, ph, pw, -1)
     x = jnp.transpose(x, (0, 7, 1, 4, 2, 5, 3, 6))
-    return x.reshape(b, -1, gf * pt, gh * ph, gw * pw)
+    x = x.reshape(b, -1, gf * pt, gh * ph, gw * pw)
+    return (x, aux) if return_aux else x
 
-  def _run_blocks(self, x, context, timestep_proj, rope):
+  def _run_blocks(self, x, context, timestep_proj, rope, erasers, concept_mask, loc_masks):
+    """Run the stacked blocks (with their erasers and per-layer masks) over the layer axis."""
     backend = self.attention
+    layers = {"block": self.blocks}
+    if erasers is not None:
+      layers["eraser"] = erasers
+    if loc_masks is not None:
+      layers["loc_mask"] = loc_masks
 
-    def body(x, block):
-      return block(x, context, timestep_proj, rope, backend), None
+    def body(x, layer):
+      return layer["block"](x, context, timestep_proj, rope, backend, layer.get("eraser"), concept_mask,
+                            layer.get("loc_mask"))
 
     policy = REMAT_POLICIES[self.remat]
     if self.remat != "none":
       body = nnx.remat(body, policy=policy)
     if self.scan_layers:
-      x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, self.blocks)
-      return x
-    graphdef, state = nnx.split(self.blocks)
+      return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, layers)
+    graphdef, state = nnx.split(layers)
+    outs = []
     for i in range(self.config.num_layers):
-      x, _ = body(x, nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state)))
-    return x
+      x, aux = body(x, nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state)))
+      outs.append(aux)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
 def forward_flops(cfg: WanConfig, video_tokens: int, text_len: int = 512, batch: int = 1) -> int:

@@ -1,0 +1,1 @@
+"""Concept erasure: prompt pools, erasure training and export."""

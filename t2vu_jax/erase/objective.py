@@ -1,0 +1,104 @@
+"""The T2VUnlearning objective (DESIGN §5): negatively guided target, localization, preservation.
+
+With the erasers off, v∅ = v(x_t, ∅, t) and v_c = v(x_t, c, t); the target is v∅ − η(v_c − v∅) and
+  L_u   = mean(w · (v′(x_t, c, t) − target)²)           (w = 1, or σ_t² per sample)
+  L_loc = mean_l,b [ Σ_s mean_d(o_l²)(1 − M_l) / (Σ_s (1 − M_l) + 1e-9) ]
+  L_pre = mean((v′(x_pre, c_pre, t_pre) − v(x_pre, c_pre, t_pre))²)
+  L     = L_u + λ_loc L_loc + λ_pre L_pre
+where v′ is the model with erasers on, o_l the layer-l eraser output and M_l the layer-l concept mask
+from the erasers-off cross-attention on c (heads averaged, summed over the concept's tokens,
+min–max normalised per latent frame, thresholded).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from t2vu_jax.models.wan import WanTransformer
+
+F32 = jnp.float32
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  eta: float = 1.0              # negative guidance strength
+  threshold: float = 0.1        # localization mask: normalised attention > threshold
+  lambda_loc: float = 1.0
+  lambda_pre: float = 1.0
+  sigma_weighting: bool = False  # weight L_u by σ_t² (x0-space matching)
+
+  def __post_init__(self):
+    if not 0.0 <= self.threshold < 1.0:
+      raise ValueError(f"objective threshold must be in [0, 1), got {self.threshold}")
+    for name in ("eta", "lambda_loc", "lambda_pre"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"objective {name} must be >= 0, got {getattr(self, name)}")
+
+
+class ErasureBatch(NamedTuple):
+  """One training batch; the preservation fields are None when there is no preservation set."""
+  x_t: jax.Array           # (B, C, F, H, W) latents on a trajectory of the concept prompt
+  t: jax.Array             # (B,) their timestep
+  sigma: jax.Array         # (B,) their sigma
+  cond: jax.Array          # (B, L, text_dim) concept prompt embeddings
+  uncond: jax.Array        # (B, L, text_dim) empty prompt embeddings
+  concept_mask: jax.Array  # (B, L) 1 on the concept's tokens
+  x_pre: jax.Array | None = None
+  t_pre: jax.Array | None = None
+  cond_pre: jax.Array | None = None
+
+
+def token_grid(model: WanTransformer, latent_shape) -> tuple[int, int, int]:
+  """(F', H', W') of the patch tokens of latents shaped (B, C, F, H, W)."""
+  pt, ph, pw = model.config.patch_size
+  _, _, f, h, w = latent_shape
+  return f // pt, h // ph, w // pw
+
+
+def localization_masks(concept_attention, grid: tuple[int, int, int], threshold: float):
+  """Binary masks (..., S) from concept attention (..., S): min–max normalised per latent frame over
+  (h, w), then > threshold. A frame with a constant map gets an empty mask."""
+  f, h, w = grid
+  a = concept_attention.astype(F32).reshape(*concept_attention.shape[:-1], f, h * w)
+  lo, hi = a.min(-1, keepdims=True), a.max(-1, keepdims=True)
+  normalised = (a - lo) / (hi - lo + 1e-8)
+  return (normalised > threshold).astype(F32).reshape(concept_attention.shape)
+
+
+def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfig):
+  """(L, metrics) for `model` with erasers attached; only the eraser path carries gradients."""
+  b = batch.x_t.shape[0]
+  dtype = model.dtype
+  x_t = batch.x_t.astype(dtype)
+  cond, uncond = batch.cond.astype(dtype), batch.uncond.astype(dtype)
+
+  # Erasers off: v_c and v∅ in one batched forward, and the concept attention of the v_c half.
+  concept_mask = jnp.concatenate([batch.concept_mask, jnp.zeros_like(batch.concept_mask)])
+  both, aux = model(jnp.concatenate([x_t, x_t]), jnp.concatenate([batch.t, batch.t]),
+                    jnp.concatenate([cond, uncond]), erasers=False, concept_mask=concept_mask,
+                    return_aux=True)
+  both = jax.lax.stop_gradient(both.astype(F32))
+  v_cond, v_uncond = both[:b], both[b:]
+  masks = localization_masks(jax.lax.stop_gradient(aux.concept_attention[:, :b]),
+                             token_grid(model, batch.x_t.shape), cfg.threshold)
+  target = v_uncond - cfg.eta * (v_cond - v_uncond)
+
+  v_on, aux_on = model(x_t, batch.t, cond, loc_masks=masks, return_aux=True)
+  err = jnp.square(v_on.astype(F32) - target)
+  if cfg.sigma_weighting:
+    err = err * jnp.square(batch.sigma.astype(F32)).reshape(b, 1, 1, 1, 1)
+  l_u = jnp.mean(err)
+  l_loc = jnp.mean(aux_on.localization)
+
+  l_pre = jnp.zeros((), F32)
+  if batch.x_pre is not None:
+    x_pre, cond_pre = batch.x_pre.astype(dtype), batch.cond_pre.astype(dtype)
+    kept = jax.lax.stop_gradient(model(x_pre, batch.t_pre, cond_pre, erasers=False).astype(F32))
+    l_pre = jnp.mean(jnp.square(model(x_pre, batch.t_pre, cond_pre).astype(F32) - kept))
+
+  loss = l_u + cfg.lambda_loc * l_loc + cfg.lambda_pre * l_pre
+  metrics = {"loss": loss, "l_u": l_u, "l_loc": l_loc, "l_pre": l_pre, "mask_coverage": jnp.mean(masks)}
+  return loss, metrics

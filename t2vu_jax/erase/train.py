@@ -1,0 +1,118 @@
+"""Erasure training: a pure, jitted `train_step(state, batch, rng) -> (state, metrics)`.
+
+The model is split once into its graph, the frozen base parameters (`nnx.Param`) and the trainable
+eraser parameters (`EraserParam`); the train state carries both as pytrees, so the step is a pure
+function of arrays. Only erasers get gradients and optimizer state (optax Adam after global-norm
+clipping); the base parameters pass through the step untouched.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig, erasure_loss
+from t2vu_jax.erase.trajectory import TrajectoryConfig, training_point
+from t2vu_jax.models.erasers import EraserParam
+from t2vu_jax.models.wan import WanTransformer
+
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  learning_rate: float = 1e-4
+  clip_norm: float = 1.0
+  schedule: str = "constant"   # after warmup: constant, cosine decay to 0, or linear decay to 0
+  warmup_steps: int = 0
+  total_steps: int = 300
+  b1: float = 0.9
+  b2: float = 0.999
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"optimizer schedule {self.schedule!r} is unknown; choose one of {SCHEDULES}")
+    if self.learning_rate <= 0 or self.clip_norm <= 0:
+      raise ValueError("learning_rate and clip_norm must be positive")
+    if not 0 <= self.warmup_steps <= self.total_steps:
+      raise ValueError(f"warmup_steps must be in [0, total_steps={self.total_steps}], got {self.warmup_steps}")
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+  decay_steps = max(cfg.total_steps - cfg.warmup_steps, 1)
+  after = {"constant": optax.constant_schedule(cfg.learning_rate),
+           "cosine": optax.cosine_decay_schedule(cfg.learning_rate, decay_steps),
+           "linear": optax.linear_schedule(cfg.learning_rate, 0.0, decay_steps)}[cfg.schedule]
+  schedule = after
+  if cfg.warmup_steps:
+    schedule = optax.join_schedules([optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps), after],
+                                    [cfg.warmup_steps])
+  return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), optax.adam(schedule, cfg.b1, cfg.b2))
+
+
+class TrainState(NamedTuple):
+  step: jax.Array
+  base: nnx.State      # frozen base model parameters (and any other non-eraser state)
+  erasers: nnx.State   # trainable eraser parameters, fp32
+  opt_state: Any
+
+
+def init_train_state(model: WanTransformer, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+  """(graphdef, state) of a model with erasers attached."""
+  if model.erasers is None:
+    raise ValueError("attach erasers to the model before training (t2vu_jax.models.erasers.attach_erasers)")
+  graphdef, erasers, base = nnx.split(model, EraserParam, ...)
+  return graphdef, TrainState(jnp.zeros((), jnp.int32), base, erasers, tx.init(erasers))
+
+
+def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> WanTransformer:
+  return nnx.merge(graphdef, state.erasers, state.base)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective: ObjectiveConfig,
+                    trajectory: TrajectoryConfig | None = None, latent_shape=None) -> Callable:
+  """The jitted step. A batch whose `x_t` is None gets its training points from fresh trajectories
+  inside the step (on-policy with erasers on, or frozen with them off; `latent_shape` (B, C, F, H, W)
+  then sizes the noise); otherwise `x_t`, `t`, `sigma` (e.g. from a `TrajectoryPool`) are used."""
+  scheduler = trajectory.make_scheduler() if trajectory is not None else None
+
+  def update(trainable, base, batch: ErasureBatch, rng):
+    step, erasers, opt_state = trainable
+    if batch.x_t is None:
+      if scheduler is None or latent_shape is None:
+        raise ValueError("a batch without x_t needs a trajectory config and latent_shape")
+      model = nnx.merge(graphdef, erasers, base)
+      on_policy = trajectory.model == "on_policy"
+      rng, pre_rng = jax.random.split(rng)
+      x_t, t, sigma = training_point(model, scheduler, rng, batch.cond, batch.uncond, trajectory.guidance,
+                                     latent_shape, erasers=on_policy)
+      batch = batch._replace(x_t=x_t, t=t, sigma=sigma)
+      if batch.cond_pre is not None:
+        x_pre, t_pre, _ = training_point(model, scheduler, pre_rng, batch.cond_pre, batch.uncond,
+                                         trajectory.guidance, latent_shape, erasers=on_policy)
+        batch = batch._replace(x_pre=x_pre, t_pre=t_pre)
+
+    def loss_fn(erasers):
+      fresh_base = jax.tree.map(lambda a: a, base)  # Variables of this trace level
+      return erasure_loss(nnx.merge(graphdef, erasers, fresh_base), batch, objective)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(erasers)
+    updates, opt_state = tx.update(grads, opt_state, erasers)
+    erasers = optax.apply_updates(erasers, updates)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), t=jnp.mean(batch.t.astype(jnp.float32)))
+    return (step + 1, erasers, opt_state), metrics
+
+  # Erasers and optimizer state are donated and replaced; the frozen base is only read, so it is
+  # neither copied nor invalidated.
+  jitted = jax.jit(update, donate_argnums=(0,))
+
+  def train_step(state: TrainState, batch: ErasureBatch, rng) -> tuple[TrainState, dict]:
+    (step, erasers, opt_state), metrics = jitted((state.step, state.erasers, state.opt_state), state.base,
+                                                 batch, rng)
+    return TrainState(step, state.base, erasers, opt_state), metrics
+
+  return train_step
