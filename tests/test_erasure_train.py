@@ -103,3 +103,19 @@ def test_bad_erasure_settings():
     TrajectoryConfig(model="mixed")
   with pytest.raises(ValueError, match="threshold"):
     ObjectiveConfig(threshold=1.5)
+
+
+def test_merged_lora_equals_lora_erasers(save_diffusers_transformer):
+  from t2vu_jax.models.erasers import merge_lora
+  _, path = save_diffusers_transformer(TINY)
+  model = attach_erasers(t2vu_jax.load_transformer(path, "float32", progress=False), EraserConfig("lora", rank=4, alpha=8))
+  rng = np.random.default_rng(0)
+  for name in ("q_b", "k_b", "v_b", "out_b"):
+    param = getattr(model.erasers, name)
+    param[...] = jnp.asarray(0.2 * rng.standard_normal(param.shape), jnp.float32)
+  x, t, text = jnp.asarray(rng.standard_normal(LATENTS), jnp.float32), jnp.array([300]), prompts().cond
+  with_lora = model(x, t, text)
+  assert np.abs(np.asarray(with_lora - model(x, t, text, erasers=False))).max() > 1e-3
+  merged = merge_lora(model)
+  assert merged.erasers is None and not jax.tree.leaves(nnx.state(merged, EraserParam))
+  np.testing.assert_allclose(np.asarray(merged(x, t, text)), np.asarray(with_lora), atol=2e-5)

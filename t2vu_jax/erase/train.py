@@ -62,10 +62,12 @@ class TrainState(NamedTuple):
 
 
 def init_train_state(model: WanTransformer, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
-  """(graphdef, state) of a model with erasers attached."""
+  """(graphdef, state) of a model with erasers attached. The state's erasers are a copy (the step
+  donates them), so `model` itself stays usable; its base parameters are shared, not copied."""
   if model.erasers is None:
     raise ValueError("attach erasers to the model before training (t2vu_jax.models.erasers.attach_erasers)")
   graphdef, erasers, base = nnx.split(model, EraserParam, ...)
+  erasers = jax.tree.map(jnp.copy, erasers)
   return graphdef, TrainState(jnp.zeros((), jnp.int32), base, erasers, tx.init(erasers))
 
 
