@@ -1,10 +1,13 @@
 """t2vu-jax main entry point.
 
   python run.py                                  # embedded toy default (configs/toy.py)
-  python run.py --config=configs/x.py --config.seed=1
+  python run.py --config=configs/wan_nudity.py --config.model.path=Wan2.1-T2V-1.3B-Diffusers
 
-Stages available now: build the model, export it as a PyTorch (diffusers) checkpoint, load it back
-through the same loader real Wan checkpoints use, and check the round trip is exact.
+An erasure config (one with `stages`, built on configs/base.py) runs the stages load, encode,
+erase, export, evaluate and report under its run directory (see t2vu_jax/erase/job.py); rerunning
+the same command resumes. The toy default builds a tiny Wan-architecture model, exports it as a
+diffusers checkpoint, loads it back through the same loader real Wan checkpoints use and checks the
+round trip is exact.
 """
 import json
 import os
@@ -29,7 +32,19 @@ def validate(config):
                      f"C = config.model.in_channels = {config.model.in_channels}")
 
 
+def run_erasure(config):
+  from t2vu_jax.erase.job import ConfigError, ErasureJob
+  try:
+    job = ErasureJob(config)
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
+  summary = job.run()
+  print(json.dumps({"run_dir": job.run_dir, "stages": summary}, indent=2))
+
+
 def main(_):
+  if "stages" in FLAGS.config:
+    return run_erasure(FLAGS.config)
   import jax
   import numpy as np
   from flax import nnx

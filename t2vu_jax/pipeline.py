@@ -120,8 +120,9 @@ class WanPipeline:
 
   def generate_latents(self, prompts, negative_prompt="", height=480, width=832, num_frames=81,
                        steps=50, guidance=5.0, shift=None, seed=0, latents=None, scheduler=None,
-                       progress=True) -> jax.Array:
-    """Prompts to final (not yet de-normalised) latents. `latents` fixes the initial noise."""
+                       progress=True, erasers: bool = True) -> jax.Array:
+    """Prompts to final (not yet de-normalised) latents. `latents` fixes the initial noise;
+    `erasers=False` samples with the base model when erasers are attached."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
       raise ValueError("generate needs at least one prompt (got an empty list)")
@@ -145,19 +146,19 @@ class WanPipeline:
       _progress_bars.append(bar)
       try:
         out = jax.block_until_ready(_sample(self.transformer, sched, jnp.asarray(latents, jnp.float32),
-                                            cond, uncond, float(guidance)))
+                                            cond, uncond, float(guidance), bool(erasers)))
       finally:
         _progress_bars.pop()
     return out
 
   def generate(self, prompts, negative_prompt="", height=480, width=832, num_frames=81, steps=50,
                guidance=5.0, shift=None, seed=0, latents=None, scheduler=None, progress=True,
-               output="uint8") -> np.ndarray:
+               output="uint8", erasers: bool = True) -> np.ndarray:
     """Prompts to videos (B, F, H, W, 3): uint8 by default, or `output="float"` frames in [0, 1]."""
     if output not in ("uint8", "float"):
       raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
     final = self.generate_latents(prompts, negative_prompt, height, width, num_frames, steps, guidance,
-                                  shift, seed, latents, scheduler, progress)
+                                  shift, seed, latents, scheduler, progress, erasers)
     frames = self.decode(final)
     return frames if output == "float" else np.round(frames * 255).astype(np.uint8)
 
@@ -170,9 +171,9 @@ def _advance_progress(i):
     _progress_bars[-1].update(1)
 
 
-@nnx.jit(static_argnums=(1,))
-def _sample(model, scheduler, latents, cond, uncond, guidance):
-  return sample(model, scheduler, latents, cond, uncond, guidance, on_step=_advance_progress)
+@nnx.jit(static_argnums=(1, 6))
+def _sample(model, scheduler, latents, cond, uncond, guidance, erasers):
+  return sample(model, scheduler, latents, cond, uncond, guidance, on_step=_advance_progress, erasers=erasers)
 
 
 @nnx.jit

@@ -1,0 +1,40 @@
+"""Defaults shared by every erasure config (DESIGN §5); other configs start from `get_config()` here."""
+import ml_collections
+
+STAGES = ("load", "encode", "erase", "export", "evaluate", "report")
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.name = "erasure"
+  c.workdir = ""                 # default: runs/<name>
+  c.seed = 0
+  c.stages = ",".join(STAGES)    # any subset, in this order; finished stages are not repeated
+
+  c.model = ml_collections.ConfigDict()
+  c.model.path = ""              # a diffusers Wan2.1 T2V pipeline directory
+  c.model.dtype = "bfloat16"     # transformer weights and activations (norms stay fp32)
+  c.model.text_dtype = "bfloat16"
+
+  c.eraser = ml_collections.ConfigDict(dict(kind="adapter", placement="cross_attn", rank=128, alpha=0.0))
+  c.objective = ml_collections.ConfigDict(dict(eta=1.0, threshold=0.1, lambda_loc=1.0, lambda_pre=1.0,
+                                               sigma_weighting=False))
+  c.trajectory = ml_collections.ConfigDict(dict(steps=50, scheduler="unipc", shift=3.0, guidance=5.0,
+                                                model="on_policy"))
+  c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, clip_norm=1.0, schedule="constant",
+                                           warmup_steps=0, total_steps=300))
+  c.video = ml_collections.ConfigDict(dict(frames=81, height=480, width=832))  # training trajectories
+  c.batch_size = 1
+  c.preserve_batch_size = 1
+  c.log_every = 10
+  c.checkpoint_every = 50
+
+  c.prompts = ml_collections.ConfigDict()
+  c.prompts.erase = ""           # JSONL pool(s), comma-separated
+  c.prompts.preserve = ""        # optional
+  c.prompts.evaluate = ""        # JSONL pool of evaluation prompts, disjoint from training
+
+  c.eval = ml_collections.ConfigDict(dict(num_prompts=4, seeds=1, steps=50, guidance=5.0, frames=81,
+                                          height=480, width=832, fps=16))
+  c.export = ml_collections.ConfigDict(dict(formats="adapter", dtype="bfloat16"))
+  return c

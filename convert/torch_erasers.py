@@ -1,0 +1,173 @@
+"""Erasers for a stock diffusers `WanTransformer3DModel`, in plain PyTorch (no JAX needed).
+
+    from convert.torch_erasers import load_erasers
+    erasers = load_erasers("export/erasers")   # a directory written by convert.export_erasers
+    erasers.attach(pipe.transformer)           # forward hooks; the transformer's weights are untouched
+    ...
+    erasers.detach()
+
+The directory format (`eraser_config.json` + `erasers.safetensors`) is described in
+`convert/eraser_format.py`.
+
+What they compute, on block i (eraser math in fp32, the result cast back to the transformer dtype):
+- adapter: the output h of `attn2` (placement "cross_attn") or of `attn1` ("self_attn", before
+  its gate) becomes h + o(h), o(h) = up(gelu_exact(down(h))).
+- lora: `attn2.to_q/to_k/to_v/to_out[0]` compute linear(x) + (alpha / r) lora_B(lora_A(x)).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+
+from convert.atomic import atomic_directory
+from convert.eraser_format import (CONFIG_NAME, FORMAT, FORMAT_VERSION, LORA_TARGETS, WEIGHTS_NAME, check_config,
+                                   read_config, tensor_shapes)
+
+
+
+def check_tensors(shapes: dict[str, tuple], expected: dict[str, tuple], where: str):
+  """Same names and shapes, or a ValueError naming what differs."""
+  missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+  if missing or extra:
+    raise ValueError(f"{where}: tensors do not match the config: missing {missing[:6]}"
+                     f"{' ...' if len(missing) > 6 else ''}, unexpected {extra[:6]}{' ...' if len(extra) > 6 else ''}")
+  for k, s in expected.items():
+    if tuple(shapes[k]) != tuple(s):
+      raise ValueError(f"{where}: tensor {k!r} has shape {tuple(shapes[k])}, the config implies {tuple(s)}")
+
+
+class _Adapter(torch.nn.Module):
+
+  def __init__(self, dim, rank, device=None):
+    super().__init__()
+    self.down = torch.nn.Linear(dim, rank, device=device)
+    self.up = torch.nn.Linear(rank, dim, device=device)
+
+  def forward(self, h):
+    z = F.gelu(F.linear(h, self.down.weight.float(), self.down.bias.float()), approximate="none")
+    return F.linear(z, self.up.weight.float(), self.up.bias.float())
+
+
+class _LoRA(torch.nn.Module):
+
+  def __init__(self, dim, rank, device=None):
+    super().__init__()
+    self.lora_A = torch.nn.Linear(dim, rank, bias=False, device=device)
+    self.lora_B = torch.nn.Linear(rank, dim, bias=False, device=device)
+
+  def forward(self, x):
+    return F.linear(F.linear(x, self.lora_A.weight.float()), self.lora_B.weight.float())
+
+
+class TorchWanErasers(torch.nn.Module):
+  """One eraser per block of a diffusers `WanTransformer3DModel`; fp32 whatever the transformer's dtype."""
+
+  def __init__(self, kind="adapter", placement="cross_attn", rank=128, alpha=None, num_layers=30, dim=1536,
+               device=None):
+    super().__init__()
+    check_config(dict(format=FORMAT, format_version=FORMAT_VERSION, kind=kind, placement=placement, rank=rank,
+                      alpha=alpha, num_layers=num_layers, dim=dim), "eraser config")
+    self.kind, self.placement, self.rank, self.alpha = kind, placement, rank, alpha
+    self.num_layers, self.dim = num_layers, dim
+    self.scale = (rank if alpha is None else alpha) / rank
+    if kind == "adapter":
+      self.blocks = torch.nn.ModuleList(_Adapter(dim, rank, device) for _ in range(num_layers))
+    else:
+      self.blocks = torch.nn.ModuleList(torch.nn.ModuleDict({p: _LoRA(dim, rank, device) for p in LORA_TARGETS})
+                                        for _ in range(num_layers))
+    self._handles = []
+
+  def config(self) -> dict:
+    """The `eraser_config.json` contents."""
+    return dict(format=FORMAT, format_version=FORMAT_VERSION, kind=self.kind, placement=self.placement,
+                rank=self.rank, alpha=self.alpha, num_layers=self.num_layers, dim=self.dim, dtype="float32")
+
+  @property
+  def attached(self) -> bool:
+    return bool(self._handles)
+
+  def attach(self, transformer) -> "TorchWanErasers":
+    """Hook the erasers into `transformer` and move them to its device (place it first); returns self."""
+    if self._handles:
+      raise RuntimeError("these erasers are already attached; detach() them first")
+    cfg = transformer.config
+    blocks = list(transformer.blocks)
+    dim = cfg.num_attention_heads * cfg.attention_head_dim
+    if len(blocks) != self.num_layers or dim != self.dim:
+      raise ValueError(f"erasers are for a transformer with num_layers={self.num_layers}, dim={self.dim}; "
+                       f"this one has num_layers={len(blocks)}, dim={dim}")
+    if any(getattr(b.attn1, "fused_projections", False) or getattr(b.attn2, "fused_projections", False)
+           for b in blocks) and self.kind == "lora":
+      raise ValueError("LoRA erasers need unfused q/k/v projections; call transformer.unfuse_qkv_projections()")
+    self.to(device=next(transformer.parameters()).device, dtype=torch.float32)
+    try:
+      for block, eraser in zip(blocks, self.blocks):
+        if self.kind == "adapter":
+          attn = block.attn2 if self.placement == "cross_attn" else block.attn1
+          self._handles.append(attn.register_forward_hook(_adapter_hook(eraser)))
+        else:
+          for p in LORA_TARGETS:
+            linear = block.attn2.to_out[0] if p == "to_out" else getattr(block.attn2, p)
+            self._handles.append(linear.register_forward_hook(_lora_hook(eraser[p], self.scale)))
+    except BaseException:
+      self.detach()
+      raise
+    return self
+
+  def detach(self):
+    """Remove every hook: the transformer computes what it did before `attach`."""
+    for h in self._handles:
+      h.remove()
+    self._handles = []
+
+  def save(self, path: str, overwrite: bool = False):
+    """Write the eraser directory `path` (`eraser_config.json` + `erasers.safetensors`), atomically."""
+    with atomic_directory(os.fspath(path), overwrite) as tmp:
+      tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.state_dict().items()}
+      safetensors.torch.save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"})
+      with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
+        json.dump(self.config(), f, indent=2)
+
+
+def _adapter_hook(eraser):
+  def hook(module, args, out):
+    return out + eraser(out.float()).to(out.dtype)
+  return hook
+
+
+def _lora_hook(lora, scale):
+  def hook(module, args, out):
+    return out + (scale * lora(args[0].float())).to(out.dtype)
+  return hook
+
+
+def load_erasers(path: str, device=None) -> TorchWanErasers:
+  """Read an eraser directory (`eraser_config.json` + `erasers.safetensors`), validated."""
+  path = os.fspath(path)
+  cfg = read_config(path)
+  file = os.path.join(path, WEIGHTS_NAME)
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"{path} has no {WEIGHTS_NAME}")
+  try:
+    tensors = safetensors.torch.load_file(file, device="cpu")
+  except Exception as e:
+    raise ValueError(f"{file}: cannot be read as safetensors ({e})") from None
+  check_tensors({k: tuple(v.shape) for k, v in tensors.items()},
+                tensor_shapes(cfg["kind"], cfg["num_layers"], cfg["dim"], cfg["rank"]), file)
+  for k, v in tensors.items():
+    if not v.is_floating_point():
+      raise ValueError(f"{file}: tensor {k!r} has dtype {v.dtype}, expected floating point")
+    if not bool(torch.isfinite(v).all()):
+      raise ValueError(f"{file}: tensor {k!r} has NaN or Inf values")
+  erasers = TorchWanErasers(cfg["kind"], cfg["placement"], cfg["rank"], cfg["alpha"], cfg["num_layers"],
+                            cfg["dim"], device="meta")
+  erasers.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
+  return erasers.to(device) if device is not None else erasers
+
+
+__all__ = ["TorchWanErasers", "load_erasers", "tensor_shapes", "FORMAT", "FORMAT_VERSION", "CONFIG_NAME",
+           "WEIGHTS_NAME"]

@@ -1,0 +1,314 @@
+"""One erasure run, stage by stage: load → encode → erase → export → evaluate → report.
+
+Everything a run writes lives under its run directory: the resolved config, prompt embeddings,
+training metrics (JSONL), Orbax checkpoints of the erasers, exports, sample videos and the report.
+A stage that finished leaves a marker in `stages/`, so rerunning the same command resumes where it
+stopped; the erase stage also resumes from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from configs.base import STAGES
+
+VIDEO_MULTIPLE = 16
+EXPORT_FORMATS = ("adapter", "lora", "merged")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field."""
+
+
+def _fail(field, message):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+def parse_stages(stages: str) -> list[str]:
+  names = [s.strip() for s in str(stages).split(",") if s.strip()]
+  if not names:
+    _fail("stages", "no stage selected")
+  unknown = [s for s in names if s not in STAGES]
+  if unknown:
+    _fail("stages", f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+  return [s for s in STAGES if s in names]
+
+
+def validate(config) -> list[str]:
+  """Check everything that can be checked before heavy work; returns the stages to run."""
+  from t2vu_jax.erase.objective import ObjectiveConfig
+  from t2vu_jax.erase.train import OptimConfig
+  from t2vu_jax.erase.trajectory import TrajectoryConfig
+  from t2vu_jax.models.erasers import EraserConfig
+  stages = parse_stages(config.stages)
+  if not config.model.path:
+    _fail("model.path", "is empty; give a diffusers Wan2.1 T2V pipeline directory")
+  if not os.path.isdir(config.model.path):
+    _fail("model.path", f"directory does not exist: {config.model.path}")
+  for field in ("model.dtype", "model.text_dtype"):
+    value = config.model[field.split(".")[1]]
+    if value not in ("float32", "bfloat16"):
+      _fail(field, f"{value!r}: choose float32 or bfloat16")
+  for group, cls in (("eraser", EraserConfig), ("objective", ObjectiveConfig), ("trajectory", TrajectoryConfig),
+                     ("optim", OptimConfig)):
+    try:
+      cls(**_settings(config, group))
+    except (ValueError, TypeError) as e:
+      _fail(group, str(e))
+  for group in ("video", "eval"):
+    v = config[group]
+    if v.frames < 1 or (v.frames - 1) % 4:
+      _fail(f"{group}.frames", f"{v.frames} is not 4k+1 (1, 5, 9, ..., 81)")
+    for side in ("height", "width"):
+      if v[side] <= 0 or v[side] % VIDEO_MULTIPLE:
+        _fail(f"{group}.{side}", f"{v[side]} is not a positive multiple of {VIDEO_MULTIPLE}")
+  for field in ("batch_size", "preserve_batch_size", "log_every", "checkpoint_every"):
+    if config[field] < 1:
+      _fail(field, f"must be >= 1, got {config[field]}")
+  if "encode" in stages or "erase" in stages:
+    if not config.prompts.erase:
+      _fail("prompts.erase", "is empty; give the JSONL prompt pool(s) of the concept to erase")
+  formats = _paths(config.export.formats)
+  if unknown := [f for f in formats if f not in EXPORT_FORMATS]:
+    _fail("export.formats", f"unknown format(s) {unknown}; choose from {list(EXPORT_FORMATS)}")
+  if config.eraser.kind == "adapter" and any(f in ("lora", "merged") for f in formats):
+    _fail("export.formats", "adapter erasers export only as 'adapter' (lora/merged need eraser.kind='lora')")
+  if config.export.dtype not in ("float32", "bfloat16"):
+    _fail("export.dtype", f"{config.export.dtype!r}: choose float32 or bfloat16")
+  if "evaluate" in stages and not config.prompts.evaluate:
+    _fail("prompts.evaluate", "is empty; the evaluate stage needs prompts disjoint from training")
+  for field in ("erase", "preserve", "evaluate"):
+    for path in _paths(config.prompts[field]):
+      if not os.path.isfile(path):
+        _fail(f"prompts.{field}", f"file does not exist: {path}")
+  return stages
+
+
+def _paths(value: str) -> list[str]:
+  return [p.strip() for p in str(value).split(",") if p.strip()]
+
+
+def _settings(config, group: str) -> dict:
+  d = config[group].to_dict()
+  if group == "eraser" and not d.get("alpha"):
+    d["alpha"] = None  # 0 in the config means the default alpha = rank
+  return d
+
+
+class ErasureJob:
+  """Runs the stages of one config; each stage reads what earlier ones wrote under `run_dir`."""
+
+  def __init__(self, config, progress: bool = True):
+    self.config = config
+    self.stages = validate(config)
+    self.run_dir = config.workdir or os.path.join("runs", config.name)
+    self.progress = progress
+    os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
+    self.pipe = None
+
+  # -- bookkeeping -------------------------------------------------------------------------------
+
+  def path(self, *parts) -> str:
+    return os.path.join(self.run_dir, *parts)
+
+  def done(self, stage: str) -> bool:
+    return os.path.exists(self.path("stages", stage))
+
+  def mark(self, stage: str, info: dict) -> None:
+    with open(self.path("stages", stage), "w") as f:
+      json.dump(info, f, indent=2)
+
+  def run(self) -> dict:
+    with open(self.path("config.json"), "w") as f:
+      f.write(self.config.to_json_best_effort(indent=2))
+    summary = {}
+    for stage in self.stages:
+      if self.done(stage):
+        print(f"[{stage}] already done, skipping")
+        continue
+      start = time.time()
+      print(f"[{stage}]")
+      info = getattr(self, f"stage_{stage}")() or {}
+      info["seconds"] = round(time.time() - start, 2)
+      self.mark(stage, info)
+      summary[stage] = info
+    return summary
+
+  # -- stages ------------------------------------------------------------------------------------
+
+  def pipeline(self):
+    if self.pipe is None:
+      from t2vu_jax.pipeline import load_pipeline
+      self.pipe = load_pipeline(self.config.model.path, self.config.model.dtype, self.config.model.text_dtype,
+                                cache_dir=self.path("embedding_cache"), progress=self.progress)
+    return self.pipe
+
+  def stage_load(self):
+    pipe = self.pipeline()
+    cfg = pipe.transformer.config
+    return {"layers": cfg.num_layers, "dim": cfg.dim, "text_dim": cfg.text_dim}
+
+  def prompt_set(self):
+    from t2vu_jax.erase.prompts import ErasureSet
+    preserve = _paths(self.config.prompts.preserve)
+    return ErasureSet.from_files(_paths(self.config.prompts.erase), preserve or None)
+
+  def stage_encode(self):
+    """Embed every training prompt and the empty prompt once; store them with the concept masks."""
+    from t2vu_jax.erase.prompts import token_spans
+    pipe = self.pipeline()
+    prompts = self.prompt_set()
+    erase = list(prompts.erase.entries)
+    preserve = list(prompts.preserve.entries) if prompts.preserve else []
+    texts = [e.prompt for e in erase + preserve] + [""]
+    embeddings = np.asarray(pipe.encode(texts, progress=self.progress))
+    np.savez(self.path("embeddings.npz"), erase=embeddings[:len(erase)],
+             preserve=embeddings[len(erase):-1], empty=embeddings[-1],
+             concept_mask=token_spans(pipe.tokenizer, erase))
+    return {"erase_prompts": len(erase), "preserve_prompts": len(preserve), "concepts": list(prompts.concepts)}
+
+  def latent_shape(self, batch: int):
+    from t2vu_jax.pipeline import latent_shape
+    v = self.config.video
+    return latent_shape(batch, self.pipeline().transformer.config.in_channels, v.height, v.width, v.frames)
+
+  def stage_erase(self):
+    import jax
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+    from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig
+    from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step
+    from t2vu_jax.erase.trajectory import TrajectoryConfig
+    from t2vu_jax.models.erasers import EraserConfig, attach_erasers
+
+    c = self.config
+    data = np.load(self.path("embeddings.npz"))
+    prompts = self.prompt_set()
+    index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
+    pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
+    model = attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(c, "eraser")), seed=c.seed)
+    optim = OptimConfig(**_settings(c, "optim"))
+    tx = make_optimizer(optim)
+    graphdef, state = init_train_state(model, tx)
+    step_fn = make_train_step(graphdef, tx, ObjectiveConfig(**_settings(c, "objective")),
+                              TrajectoryConfig(**_settings(c, "trajectory")), self.latent_shape(c.batch_size))
+
+    manager = ocp.CheckpointManager(os.path.abspath(self.path("checkpoints")),
+                                    options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    trainable = {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
+    start = 0
+    if manager.latest_step() is not None:
+      start = manager.latest_step()
+      restored = manager.restore(start, args=ocp.args.StandardRestore(trainable))
+      state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
+      print(f"resuming erasure from step {start}")
+
+    empty = jnp.asarray(data["empty"])[None]
+    metrics_file = open(self.path("metrics.jsonl"), "a")
+    key = jax.random.key(c.seed)
+    for step in tqdm(range(start, optim.total_steps), desc="erasing", initial=start, total=optim.total_steps,
+                     disable=not self.progress):
+      erase, preserve = prompts.sample(c.batch_size, c.seed, step, c.preserve_batch_size)
+      rows = np.array([index[e.prompt] for e in erase])
+      batch = ErasureBatch(None, None, None, jnp.asarray(data["erase"][rows]),
+                           jnp.broadcast_to(empty, (len(rows), *empty.shape[1:])),
+                           jnp.asarray(data["concept_mask"][rows]))
+      if preserve:
+        pre_rows = np.array([pre_index[e.prompt] for e in preserve])[:len(rows)]
+        batch = batch._replace(cond_pre=jnp.asarray(data["preserve"][pre_rows]))
+      state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
+      if (step + 1) % c.log_every == 0 or step + 1 == optim.total_steps:
+        record = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}}
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+      if (step + 1) % c.checkpoint_every == 0 or step + 1 == optim.total_steps:
+        manager.save(step + 1, args=ocp.args.StandardSave(
+            {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}))
+    manager.wait_until_finished()
+    metrics_file.close()
+    from flax import nnx
+    self.erased = nnx.merge(graphdef, state.erasers, state.base)
+    return {"steps": optim.total_steps, "resumed_from": start}
+
+  def erased_model(self):
+    """The pipeline's transformer with the erasers of the latest checkpoint."""
+    if getattr(self, "erased", None) is None:
+      import orbax.checkpoint as ocp
+      from flax import nnx
+      from t2vu_jax.erase.train import init_train_state, make_optimizer, OptimConfig
+      from t2vu_jax.models.erasers import EraserConfig, attach_erasers
+      model = attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(self.config, "eraser")))
+      tx = make_optimizer(OptimConfig(**_settings(self.config, "optim")))
+      graphdef, state = init_train_state(model, tx)
+      manager = ocp.CheckpointManager(os.path.abspath(self.path("checkpoints")))
+      if manager.latest_step() is None:
+        raise FileNotFoundError(f"no erasure checkpoint in {self.path('checkpoints')}; run the erase stage")
+      target = {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
+      restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+      self.erased = nnx.merge(graphdef, restored["erasers"], state.base)
+    return self.erased
+
+  def stage_export(self):
+    from convert import export_erasers
+    model = self.erased_model()
+    out = {}
+    for kind in _paths(self.config.export.formats):
+      target = self.path("export", kind)
+      if kind == "merged":
+        export_erasers.export_merged(model, target, dtype=self.config.export.dtype, overwrite=True,
+                                     progress=self.progress)
+      else:
+        {"adapter": export_erasers.export_adapter, "lora": export_erasers.export_lora}[kind](
+            model, target, overwrite=True)
+      out[kind] = os.path.relpath(target, self.run_dir)
+    return out
+
+  def stage_evaluate(self):
+    """Videos of the evaluation prompts from the base and the erased model on the same seeds."""
+    import dataclasses
+    from t2vu_jax.erase.prompts import load_pools
+    from t2vu_jax.generate import write_video
+    c = self.config
+    pool = load_pools(_paths(c.prompts.evaluate))
+    entries = list(pool.entries)[:c.eval.num_prompts]
+    pipe = self.pipeline()
+    erased = dataclasses.replace(pipe, transformer=self.erased_model())
+    os.makedirs(self.path("samples"), exist_ok=True)
+    rows = []
+    for n, entry in enumerate(entries):
+      for seed in range(c.eval.seeds):
+        row = {"prompt": entry.prompt, "concept": entry.concept, "seed": seed}
+        for name, model in (("base", pipe), ("erased", erased)):
+          kwargs = dict(height=c.eval.height, width=c.eval.width, num_frames=c.eval.frames, steps=c.eval.steps,
+                        guidance=c.eval.guidance, seed=seed, progress=False)
+          frames = model.generate(entry.prompt, erasers=name == "erased", **kwargs)[0]
+          path = self.path("samples", f"{n:03d}_seed{seed}_{name}.mp4")
+          write_video(path, frames, c.eval.fps)
+          row[name] = os.path.relpath(path, self.run_dir)
+        rows.append(row)
+    with open(self.path("samples", "index.json"), "w") as f:
+      json.dump(rows, f, indent=2)
+    return {"videos": 2 * len(rows)}
+
+  def stage_report(self):
+    metrics = []
+    if os.path.exists(self.path("metrics.jsonl")):
+      with open(self.path("metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f if line.strip()]
+    stages = {s: json.load(open(self.path("stages", s))) for s in STAGES if self.done(s)}
+    report = {"name": self.config.name, "stages": stages, "final_metrics": metrics[-1] if metrics else None}
+    with open(self.path("report.json"), "w") as f:
+      json.dump(report, f, indent=2)
+    lines = [f"# Erasure run `{self.config.name}`", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {s} | {info.get('seconds', '')} |" for s, info in stages.items()]
+    if metrics:
+      lines += ["", "| step | loss | L_u | L_loc | L_pre | mask coverage |", "|---|---|---|---|---|---|"]
+      lines += [f"| {m['step']} | {m['loss']:.4g} | {m['l_u']:.4g} | {m['l_loc']:.4g} | {m['l_pre']:.4g} | "
+                f"{m['mask_coverage']:.3f} |" for m in metrics]
+    with open(self.path("report.md"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+    return {"report": "report.md"}

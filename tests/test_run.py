@@ -1,0 +1,87 @@
+"""The erasure run end to end on a tiny random Wan pipeline: every stage, resume, config errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import wan_nudity
+from t2vu_jax.erase.job import ConfigError, ErasureJob
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EVAL_POOL = os.path.join(ROOT, "configs", "prompts", "nudity_eval.jsonl")
+TINY_OVERRIDES = {
+    "model.dtype": "float32", "model.text_dtype": "float32", "video.frames": 5, "video.height": 32,
+    "video.width": 48, "optim.total_steps": 4, "log_every": 1, "checkpoint_every": 2, "trajectory.steps": 3,
+    "eraser.rank": 4, "prompts.evaluate": EVAL_POOL, "eval.num_prompts": 1, "eval.steps": 2, "eval.frames": 5,
+    "eval.height": 32, "eval.width": 48,
+}
+
+
+def tiny_config(model_path, workdir, **changes):
+  config = wan_nudity.get_config()
+  for key, value in {**TINY_OVERRIDES, "model.path": str(model_path), "workdir": str(workdir), **changes}.items():
+    *groups, field = key.split(".")
+    node = config
+    for g in groups:
+      node = node[g]
+    node[field] = value
+  return config
+
+
+def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path):
+  _, path = wan_pipeline_dir()
+  flags = [f"--config.{k}={v}" for k, v in {**TINY_OVERRIDES, "model.path": path, "workdir": tmp_path / "run"}.items()]
+  result = subprocess.run([sys.executable, "run.py", "--config=configs/wan_nudity.py", *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  run = tmp_path / "run"
+  for stage in ("load", "encode", "erase", "export", "evaluate", "report"):
+    assert (run / "stages" / stage).exists(), stage
+  metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in metrics] == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in metrics)
+  samples = json.loads((run / "samples" / "index.json").read_text())
+  assert len(samples) == 1 and (run / samples[0]["base"]).exists() and (run / samples[0]["erased"]).exists()
+  assert (run / "export" / "adapter").is_dir() and (run / "report.md").exists()
+  assert json.loads((run / "config.json").read_text())["model"]["path"] == str(path)
+
+
+def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_path):
+  _, path = wan_pipeline_dir()
+  stages = "load,encode,erase"
+  whole = ErasureJob(tiny_config(path, tmp_path / "whole", stages=stages), progress=False)
+  whole.run()
+  # An interrupted run: two steps, then the same command again with the full length.
+  first = ErasureJob(tiny_config(path, tmp_path / "resumed", stages=stages, **{"optim.total_steps": 2}),
+                     progress=False)
+  first.run()
+  os.remove(tmp_path / "resumed" / "stages" / "erase")  # as if it had stopped before finishing
+  second = ErasureJob(tiny_config(path, tmp_path / "resumed", stages=stages), progress=False)
+  summary = second.run()
+  assert summary["erase"]["resumed_from"] == 2 and set(summary) == {"erase"}  # finished stages skipped
+  from flax import nnx
+  from t2vu_jax.models.erasers import EraserParam
+  for a, b in zip(nnx.to_flat_state(nnx.state(whole.erased, EraserParam)),
+                  nnx.to_flat_state(nnx.state(second.erased, EraserParam))):
+    np.testing.assert_array_equal(np.asarray(a[1][...]), np.asarray(b[1][...]))
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"objective.eta": -1.0}, "config.objective"),
+    ({"stages": "load,train"}, "config.stages"),
+    ({"model.path": ""}, "config.model.path"),
+    ({"video.frames": 6}, "config.video.frames"),
+    ({"eval.height": 40}, "config.eval.height"),
+    ({"eraser.rank": 0}, "config.eraser"),
+    ({"eraser.placement": "ffn"}, "config.eraser"),
+    ({"prompts.erase": "missing.jsonl"}, "config.prompts.erase"),
+    ({"trajectory.model": "mixed"}, "config.trajectory"),
+    ({"export.formats": "lora"}, "config.export.formats"),
+])
+def test_bad_config_values_are_rejected_before_any_work(tmp_path, change, field):
+  config = tiny_config(tmp_path, tmp_path / "run", **change)
+  with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+    ErasureJob(config)
+  assert not (tmp_path / "run" / "stages").exists()
