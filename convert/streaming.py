@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from convert.safetensors_io import SafetensorsFile
+from convert.safetensors_io import SafetensorsFile, TensorSpec
 
 
 class CheckpointError(ValueError):
@@ -209,3 +209,28 @@ def read_into_module(abstract_module: nnx.Module, table: list[Param], source, nu
   for path in list(buffers):
     flat[path] = flat[path].replace(place(path, buffers.pop(path)))
   return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def module_tensors(module: nnx.Module, table: list[Param], num_layers: int, dtype) -> list[TensorSpec]:
+  """The inverse of `read_into_module`: every checkpoint tensor `table` names, in table order (unstacked
+  tensors first, then layer by layer), each produced lazily on the host in `dtype`."""
+  dtype = np.dtype(dtype)
+  flat = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
+  host = {}
+
+  def array(path):
+    if path not in host:
+      host[path] = np.asarray(jax.device_get(flat[path][...]))
+    return host[path]
+
+  def spec(param, layer):
+    def produce():
+      a = array(param.path)
+      return param.transform.to_torch(a if layer is None else a[layer]).astype(dtype)
+    key = param.torch_key if layer is None else param.torch_key.format(i=layer)
+    return TensorSpec(key, param.torch_shape(flat[param.path].shape), dtype, produce)
+
+  specs = [spec(p, None) for p in table if not p.per_layer]
+  for i in range(num_layers):
+    specs += [spec(p, i) for p in table if p.per_layer]
+  return specs

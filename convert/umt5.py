@@ -1,15 +1,18 @@
-"""Read a transformers UMT5 `text_encoder/` directory into our `UMT5Encoder`, streaming and strict."""
+"""Read a transformers UMT5 `text_encoder/` directory into our `UMT5Encoder` (streaming, strict), and
+write one back out."""
 from __future__ import annotations
 
 import json
 import os
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from convert.safetensors_io import SafetensorsError
+from convert.atomic import atomic_directory
+from convert.safetensors_io import SafetensorsError, write_safetensors
 from convert.streaming import (LINEAR, CheckpointError, Param, SafetensorsSource, component_dir,
-                               read_into_module, safetensors_files)
+                               module_tensors, read_into_module, safetensors_files)
 from t2vu_jax.models.umt5 import UMT5Config, UMT5Encoder
 
 # transformers ties the encoder's input embedding to `shared`; files may hold either name or both.
@@ -62,3 +65,16 @@ def read_umt5(path: str, dtype=jnp.float32, progress: bool = True, place=None, *
            f"vocab {cfg.vocab_size}) does not match the UMT5 encoder")
   return read_into_module(model, table, source, cfg.num_layers, where, place, progress,
                           desc="text encoder", ignore=frozenset(EMBEDDING_KEYS) - {embedding})
+
+
+def save_umt5(encoder: UMT5Encoder, out: str, dtype=None, overwrite: bool = False) -> None:
+  """A transformers `UMT5EncoderModel` directory (config.json + model.safetensors), atomically."""
+  cfg = encoder.config
+  config = dict(cfg.to_dict(), architectures=["UMT5EncoderModel"], is_encoder_decoder=False, use_cache=False,
+                tie_word_embeddings=False, dropout_rate=0.0, torch_dtype=np.dtype(dtype or encoder.dtype).name)
+  with atomic_directory(out, overwrite) as tmp:
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(config, f, indent=2)
+    write_safetensors(os.path.join(tmp, "model.safetensors"),
+                      module_tensors(encoder, key_table(cfg), cfg.num_layers, dtype or encoder.dtype),
+                      {"format": "pt"})

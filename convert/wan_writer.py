@@ -4,14 +4,13 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import numpy as np
-from flax import nnx
 from tqdm.auto import tqdm
 
 from convert import wan_keys
 from convert.atomic import atomic_directory
 from convert.safetensors_io import TensorSpec, write_safetensors
+from convert.streaming import module_tensors
 from t2vu_jax.models.wan import WanTransformer
 
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -36,30 +35,8 @@ def transformer_tensors(model: WanTransformer, layout: str, dtype=None) -> list[
   `dtype` None writes every tensor in the model's dtype (a bf16 model gives a bf16 checkpoint,
   including the fp32-kept norms, exactly as they were read).
   """
-  cfg = model.config
-  dtype = np.dtype(dtype or model.dtype)
-  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  host = {}
-
-  def array(path):
-    if path not in host:
-      host[path] = np.asarray(jax.device_get(flat[path][...]))
-    return host[path]
-
-  def spec(param, layer):
-    shape = param.torch_shape(flat[param.path].shape)
-
-    def produce():
-      a = array(param.path)
-      return param.transform.to_torch(a if layer is None else a[layer]).astype(dtype)
-    key = param.torch_key if layer is None else param.torch_key.format(i=layer)
-    return TensorSpec(key, shape, dtype, produce)
-
-  table = [entry.param(layout) for entry in wan_keys.key_table(cfg)]
-  specs = [spec(p, None) for p in table if not p.per_layer]
-  for i in range(cfg.num_layers):
-    specs += [spec(p, i) for p in table if p.per_layer]
-  return specs
+  table = [entry.param(layout) for entry in wan_keys.key_table(model.config)]
+  return module_tensors(model, table, model.config.num_layers, dtype or model.dtype)
 
 
 def _write_shards(specs, directory, max_shard_size, progress) -> tuple[int, int]:

@@ -26,6 +26,7 @@ from t2vu_jax.models.vae import WanVAE, denormalize_latents
 from t2vu_jax.models.wan import WanTransformer
 
 SUBFOLDERS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+PIXEL_STRIDE = (1, 1, 1)  # a pipeline without a VAE samples pixels (RGB in [-1, 1]) directly
 VAE_STRIDE = (4, 8, 8)  # temporal, spatial compression of the Wan VAE
 
 
@@ -36,8 +37,9 @@ def check_video_shape(height: int, width: int, num_frames: int) -> None:
     raise ValueError(f"num_frames must be 4k+1 (1, 5, 9, ..., 81), got {num_frames}")
 
 
-def latent_shape(batch: int, channels: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
-  t, s, _ = VAE_STRIDE
+def latent_shape(batch: int, channels: int, height: int, width: int, num_frames: int,
+                 stride=VAE_STRIDE) -> tuple[int, ...]:
+  t, s, _ = stride
   return (batch, channels, (num_frames - 1) // t + 1, height // s, width // s)
 
 
@@ -94,11 +96,12 @@ def sample(model: WanTransformer, scheduler: schedulers.Scheduler, latents, cond
 
 @dataclasses.dataclass
 class WanPipeline:
-  """Loaded Wan2.1 T2V components; `generate` turns prompts into videos."""
+  """Loaded Wan2.1 T2V components; `generate` turns prompts into videos. Without a VAE (`vae=None`)
+  the transformer works in pixel space: its "latents" are the RGB frames in [-1, 1]."""
   transformer: WanTransformer
   text_encoder: UMT5Encoder
   tokenizer: object
-  vae: WanVAE
+  vae: WanVAE | None
   scheduler_config: dict
   embedding_cache: text.EmbeddingCache | None = None
 
@@ -115,8 +118,14 @@ class WanPipeline:
 
   def decode(self, latents) -> np.ndarray:
     """Latents (B, C, T, H, W) -> float frames (B, F, H, W, 3) in [0, 1]."""
-    video = _decode(self.vae, jnp.asarray(latents, jnp.float32))
-    return np.asarray(video)
+    latents = jnp.asarray(latents, jnp.float32)
+    if self.vae is None:
+      return np.asarray(_pixels_to_frames(latents))
+    return np.asarray(_decode(self.vae, latents))
+
+  def latent_shape(self, batch: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
+    return latent_shape(batch, self.transformer.config.in_channels, height, width, num_frames,
+                        VAE_STRIDE if self.vae is not None else PIXEL_STRIDE)
 
   def generate_latents(self, prompts, negative_prompt="", height=480, width=832, num_frames=81,
                        steps=50, guidance=5.0, shift=None, seed=0, latents=None, scheduler=None,
@@ -132,7 +141,7 @@ class WanPipeline:
     negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negative) != len(prompts):
       raise ValueError(f"{len(negative)} negative prompts for {len(prompts)} prompts")
-    shape = latent_shape(len(prompts), self.transformer.config.in_channels, height, width, num_frames)
+    shape = self.latent_shape(len(prompts), height, width, num_frames)
     if latents is None:
       latents = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
     elif tuple(np.shape(latents)) != shape:
@@ -176,10 +185,19 @@ def _sample(model, scheduler, latents, cond, uncond, guidance, erasers):
   return sample(model, scheduler, latents, cond, uncond, guidance, on_step=_advance_progress, erasers=erasers)
 
 
+def _pixels_to_frames(video):
+  """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) in [0, 1]."""
+  return jnp.clip(jnp.transpose(video, (0, 2, 3, 4, 1)) / 2 + 0.5, 0.0, 1.0)
+
+
 @nnx.jit
 def _decode(vae: WanVAE, latents):
-  video = vae.decode(denormalize_latents(latents, vae.config))  # (B, C, F, H, W) in [-1, 1]
-  return jnp.clip(jnp.transpose(video, (0, 2, 3, 4, 1)) / 2 + 0.5, 0.0, 1.0)
+  return _pixels_to_frames(vae.decode(denormalize_latents(latents, vae.config)))
+
+
+def is_absent(meta: dict, component: str) -> bool:
+  """Whether `model_index.json` declares the component empty (`[null, null]`)."""
+  return component in meta and meta[component] in (None, [None, None])
 
 
 def check_pipeline_dir(path: str) -> dict:
@@ -196,7 +214,7 @@ def check_pipeline_dir(path: str) -> dict:
                           "'WanPipeline' checkpoints are")
   if meta.get("transformer_2") not in (None, [None, None]) or meta.get("boundary_ratio") is not None:
     raise CheckpointError(f"{index}: a two-transformer (Wan2.2) pipeline is not supported")
-  missing = [s for s in SUBFOLDERS if not os.path.isdir(os.path.join(path, s))]
+  missing = [s for s in SUBFOLDERS if not os.path.isdir(os.path.join(path, s)) and not is_absent(meta, s)]
   if missing:
     raise CheckpointError(f"{path}: missing pipeline subfolder(s) {', '.join(missing)} "
                           f"(a Wan pipeline has {', '.join(SUBFOLDERS)})")
@@ -213,7 +231,7 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
   `cache_dir` enables the on-disk prompt embedding cache.
   """
   path = str(path)
-  check_pipeline_dir(path)
+  meta = check_pipeline_dir(path)
   config_path = os.path.join(path, "scheduler", "scheduler_config.json")
   if not os.path.isfile(config_path):
     raise CheckpointError(f"{path}/scheduler has no scheduler_config.json")
@@ -227,7 +245,10 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
   if transformer.config.text_dim != encoder.config.d_model:
     raise CheckpointError(f"{path}: the transformer expects {transformer.config.text_dim}-wide text "
                           f"embeddings but the text encoder gives {encoder.config.d_model}")
-  vae = read_vae(path, jnp.dtype(vae_dtype), progress=progress)
+  vae = None if is_absent(meta, "vae") else read_vae(path, jnp.dtype(vae_dtype), progress=progress)
+  if vae is None and transformer.config.in_channels != 3:
+    raise CheckpointError(f"{path}: a pipeline without a VAE samples RGB pixels, but the transformer has "
+                          f"{transformer.config.in_channels} input channels")
   cache = None
   if cache_dir:
     files = [os.path.join(path, "text_encoder", f) for f in os.listdir(os.path.join(path, "text_encoder"))

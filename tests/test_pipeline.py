@@ -124,3 +124,22 @@ def read_mp4(path):
   meta = next(reader)
   w, h = meta["size"]
   return np.stack([np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in reader])
+
+
+def test_pipeline_without_vae_samples_pixels(tmp_path):
+  """The toy world's layout: model_index declares no VAE, the transformer works on RGB frames."""
+  from diffusers import UniPCMultistepScheduler, WanPipeline
+  from conftest import PIPELINE_TRANSFORMER, build_diffusers_transformer, build_tokenizer
+  pipe = WanPipeline(tokenizer=build_tokenizer(), text_encoder=build_umt5(seed=1),
+                     transformer=build_diffusers_transformer(dict(PIPELINE_TRANSFORMER, in_channels=3, out_channels=3)),
+                     vae=None, scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction",
+                                                                 use_flow_sigmas=True, flow_shift=3.0))
+  pipe.save_pretrained(tmp_path / "pixels")
+  assert not (tmp_path / "pixels" / "vae").exists()
+  ours = load_pipeline(tmp_path / "pixels", progress=False)
+  assert ours.vae is None and ours.latent_shape(2, 16, 32, 5) == (2, 3, 5, 16, 32)
+  frames = ours.generate(["a cat", "a dog"], height=16, width=32, num_frames=5, steps=2, output="float", progress=False)
+  assert frames.shape == (2, 5, 16, 32, 3) and 0 <= frames.min() and frames.max() <= 1
+  latents = ours.generate_latents(["a cat", "a dog"], height=16, width=32, num_frames=5, steps=2, progress=False)
+  np.testing.assert_allclose(frames, np.clip(np.transpose(np.asarray(latents), (0, 2, 3, 4, 1)) / 2 + 0.5, 0, 1),
+                             atol=1e-6)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from convert.streaming import CheckpointError
 from convert.umt5 import read_umt5
@@ -82,3 +83,20 @@ def test_bad_text_encoder_inputs(tmp_path):
   (tmp_path / "config.json").unlink()
   with pytest.raises(CheckpointError, match="no config.json"):
     read_umt5(tmp_path)
+
+
+def test_saved_encoder_loads_in_transformers_and_round_trips(tmp_path):
+  import transformers
+  from convert.umt5 import save_umt5
+  build_umt5(UMT5_TINY).save_pretrained(tmp_path / "src")
+  ours = read_umt5(tmp_path / "src", progress=False)
+  save_umt5(ours, str(tmp_path / "out"), dtype="float32")
+  reloaded = transformers.UMT5EncoderModel.from_pretrained(tmp_path / "out").eval()
+  ids, mask = padded_batch(UMT5_TINY["vocab_size"], [20, 5], 24)
+  with torch.no_grad():
+    expected = reloaded(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+  got = np.asarray(ours(jnp.asarray(ids), jnp.asarray(mask)))
+  assert np.abs(got - expected.numpy()).max() <= 1e-5
+  again = read_umt5(tmp_path / "out", progress=False)
+  for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(ours)), nnx.to_flat_state(nnx.state(again))):
+    np.testing.assert_array_equal(np.asarray(a[...]), np.asarray(b[...]), err_msg=str(p))

@@ -172,9 +172,8 @@ class ErasureJob:
     return {"erase_prompts": len(erase), "preserve_prompts": len(preserve), "concepts": list(prompts.concepts)}
 
   def latent_shape(self, batch: int):
-    from t2vu_jax.pipeline import latent_shape
     v = self.config.video
-    return latent_shape(batch, self.pipeline().transformer.config.in_channels, v.height, v.width, v.frames)
+    return self.pipeline().latent_shape(batch, v.height, v.width, v.frames)
 
   def stage_erase(self):
     import jax
