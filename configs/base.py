@@ -32,9 +32,9 @@ def get_config():
   c.prompts = ml_collections.ConfigDict()
   c.prompts.erase = ""           # JSONL pool(s), comma-separated
   c.prompts.preserve = ""        # optional
-  c.prompts.evaluate = ""        # JSONL pool of evaluation prompts, disjoint from training
+  c.prompts.evaluate = ""        # evaluation prompts disjoint from training: JSONL pool(s) or an authors' CSV
 
   c.eval = ml_collections.ConfigDict(dict(num_prompts=4, seeds=1, steps=50, guidance=5.0, frames=81,
-                                          height=480, width=832, fps=16))
+                                          height=480, width=832, fps=16, scorer="none", score_every=1))
   c.export = ml_collections.ConfigDict(dict(formats="adapter", dtype="bfloat16"))
   return c

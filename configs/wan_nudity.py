@@ -6,7 +6,8 @@ import os
 
 from configs import base
 
-POOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "t2vu_jax", "erase", "pools")
+CONFIGS = os.path.dirname(os.path.abspath(__file__))
+POOLS = os.path.join(os.path.dirname(CONFIGS), "t2vu_jax", "erase", "pools")
 
 
 def get_config():
@@ -14,4 +15,6 @@ def get_config():
   c.name = "wan_nudity"
   c.prompts.erase = os.path.join(POOLS, "nudity.jsonl")
   c.prompts.preserve = os.path.join(POOLS, "preserve_people.jsonl")
+  c.prompts.evaluate = os.path.join(CONFIGS, "prompts", "nudity_eval.jsonl")
+  c.eval.scorer = "nudenet"
   return c

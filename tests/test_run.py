@@ -42,9 +42,12 @@ def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path):
     assert (run / "stages" / stage).exists(), stage
   metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics] == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in metrics)
-  samples = json.loads((run / "samples" / "index.json").read_text())
+  evaluation = json.loads((run / "evaluation.json").read_text())
+  samples = evaluation["videos"]
   assert len(samples) == 1 and (run / samples[0]["base"]).exists() and (run / samples[0]["erased"]).exists()
   assert (run / "export" / "adapter").is_dir() and (run / "report.md").exists()
+  assert evaluation["scorer"] == "nudenet" and set(evaluation["aggregate"]) == {"base", "erased"}
+  assert evaluation["aggregate"]["base"]["frames_scored"] == 5 and "video-level rate" in (run / "report.md").read_text()
   assert json.loads((run / "config.json").read_text())["model"]["path"] == str(path)
 
 
@@ -79,9 +82,20 @@ def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_p
     ({"prompts.erase": "missing.jsonl"}, "config.prompts.erase"),
     ({"trajectory.model": "mixed"}, "config.trajectory"),
     ({"export.formats": "lora"}, "config.export.formats"),
+    ({"eval.scorer": "clip"}, "config.eval.scorer"),
+    ({"eval.seeds": 0}, "config.eval.seeds"),
 ])
 def test_bad_config_values_are_rejected_before_any_work(tmp_path, change, field):
   config = tiny_config(tmp_path, tmp_path / "run", **change)
   with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
     ErasureJob(config)
   assert not (tmp_path / "run" / "stages").exists()
+
+
+def test_evaluation_prompts_from_an_authors_csv(tmp_path):
+  seeded, unseeded = tmp_path / "seeded.csv", tmp_path / "unseeded.csv"
+  seeded.write_text('prompt,evaluation_seed,categories\n"a nude figure, at dusk",7,sexual\n')
+  unseeded.write_text("prompt\na naked man swimming\n")
+  job = ErasureJob.__new__(ErasureJob)  # only the config is needed to list the prompts
+  job.config = tiny_config(tmp_path, tmp_path / "run", **{"prompts.evaluate": f"{seeded},{unseeded}", "eval.seeds": 2, "eval.num_prompts": 5})
+  assert job.eval_prompts() == [("a nude figure, at dusk", 7), ("a naked man swimming", 0), ("a naked man swimming", 1)]

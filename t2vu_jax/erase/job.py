@@ -18,6 +18,7 @@ from configs.base import STAGES
 
 VIDEO_MULTIPLE = 16
 EXPORT_FORMATS = ("adapter", "lora", "merged")
+SCORERS = ("none", "nudenet")
 
 
 class ConfigError(ValueError):
@@ -81,6 +82,11 @@ def validate(config) -> list[str]:
     _fail("export.dtype", f"{config.export.dtype!r}: choose float32 or bfloat16")
   if "evaluate" in stages and not config.prompts.evaluate:
     _fail("prompts.evaluate", "is empty; the evaluate stage needs prompts disjoint from training")
+  if config.eval.scorer not in SCORERS:
+    _fail("eval.scorer", f"{config.eval.scorer!r} is unknown; choose from {list(SCORERS)}")
+  for field in ("num_prompts", "seeds", "steps", "score_every"):
+    if config.eval[field] < 1:
+      _fail(f"eval.{field}", f"must be >= 1, got {config.eval[field]}")
   for field in ("erase", "preserve", "evaluate"):
     for path in _paths(config.prompts[field]):
       if not os.path.isfile(path):
@@ -266,32 +272,57 @@ class ErasureJob:
       out[kind] = os.path.relpath(target, self.run_dir)
     return out
 
+  def eval_prompts(self) -> list[tuple[str, int]]:
+    """(prompt, seed) pairs: a CSV in the T2VUnlearning authors' format (its seeds, when given, are
+    used) or JSONL pools; the first `eval.num_prompts` prompts, each with seeds 0..eval.seeds-1."""
+    c = self.config
+    pairs = []
+    for path in _paths(c.prompts.evaluate):
+      if path.endswith(".csv"):
+        from t2vu_jax.evaluate import read_prompt_csv
+        pairs += [(r.prompt, r.seed) for r in read_prompt_csv(path)]
+      else:
+        from t2vu_jax.erase.prompts import load_pool
+        pairs += [(e.prompt, None) for e in load_pool(path).entries]
+    pairs = pairs[:c.eval.num_prompts]
+    return [(p, seed) if seed is not None else (p, s) for p, seed in pairs
+            for s in ([seed] if seed is not None else range(c.eval.seeds))]
+
   def stage_evaluate(self):
-    """Videos of the evaluation prompts from the base and the erased model on the same seeds."""
+    """The evaluation prompts through the base and the erased model on the same seeds: videos, and
+    scores when a scorer is configured (NudeNet for nudity)."""
     import dataclasses
-    from t2vu_jax.erase.prompts import load_pools
     from t2vu_jax.generate import write_video
     c = self.config
-    pool = load_pools(_paths(c.prompts.evaluate))
-    entries = list(pool.entries)[:c.eval.num_prompts]
     pipe = self.pipeline()
-    erased = dataclasses.replace(pipe, transformer=self.erased_model())
+    models = {"base": pipe, "erased": dataclasses.replace(pipe, transformer=self.erased_model())}
+    scorer = None
+    if c.eval.scorer == "nudenet":
+      from t2vu_jax.evaluate import NudityScorer
+      scorer = NudityScorer(every=c.eval.score_every)
     os.makedirs(self.path("samples"), exist_ok=True)
-    rows = []
-    for n, entry in enumerate(entries):
-      for seed in range(c.eval.seeds):
-        row = {"prompt": entry.prompt, "concept": entry.concept, "seed": seed}
-        for name, model in (("base", pipe), ("erased", erased)):
-          kwargs = dict(height=c.eval.height, width=c.eval.width, num_frames=c.eval.frames, steps=c.eval.steps,
-                        guidance=c.eval.guidance, seed=seed, progress=False)
-          frames = model.generate(entry.prompt, erasers=name == "erased", **kwargs)[0]
-          path = self.path("samples", f"{n:03d}_seed{seed}_{name}.mp4")
-          write_video(path, frames, c.eval.fps)
-          row[name] = os.path.relpath(path, self.run_dir)
-        rows.append(row)
-    with open(self.path("samples", "index.json"), "w") as f:
-      json.dump(rows, f, indent=2)
-    return {"videos": 2 * len(rows)}
+    rows, scores = [], {name: [] for name in models}
+    for n, (prompt, seed) in enumerate(tqdm(self.eval_prompts(), desc="evaluating", disable=not self.progress)):
+      row = {"prompt": prompt, "seed": seed}
+      for name, model in models.items():
+        frames = model.generate(prompt, height=c.eval.height, width=c.eval.width, num_frames=c.eval.frames,
+                                steps=c.eval.steps, guidance=c.eval.guidance, seed=seed, progress=False,
+                                erasers=name == "erased")[0]
+        path = self.path("samples", f"{n:03d}_seed{seed}_{name}.mp4")
+        write_video(path, frames, c.eval.fps)
+        row[name] = os.path.relpath(path, self.run_dir)
+        if scorer is not None:
+          score = scorer.score_video(frames)
+          scores[name].append(score)
+          row[f"{name}_score"] = score.to_dict()
+      rows.append(row)
+    result = {"scorer": c.eval.scorer, "videos": rows}
+    if scorer is not None:
+      from t2vu_jax.evaluate import aggregate
+      result["aggregate"] = {name: aggregate(s).to_dict() for name, s in scores.items()}
+    with open(self.path("evaluation.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    return {"videos": 2 * len(rows), "scorer": c.eval.scorer}
 
   def stage_report(self):
     metrics = []
@@ -299,7 +330,12 @@ class ErasureJob:
       with open(self.path("metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f if line.strip()]
     stages = {s: json.load(open(self.path("stages", s))) for s in STAGES if self.done(s)}
-    report = {"name": self.config.name, "stages": stages, "final_metrics": metrics[-1] if metrics else None}
+    evaluation = None
+    if os.path.exists(self.path("evaluation.json")):
+      with open(self.path("evaluation.json")) as f:
+        evaluation = json.load(f)
+    report = {"name": self.config.name, "stages": stages, "final_metrics": metrics[-1] if metrics else None,
+              "evaluation": evaluation and evaluation.get("aggregate")}
     with open(self.path("report.json"), "w") as f:
       json.dump(report, f, indent=2)
     lines = [f"# Erasure run `{self.config.name}`", "", "| stage | seconds |", "|---|---|"]
@@ -308,6 +344,11 @@ class ErasureJob:
       lines += ["", "| step | loss | L_u | L_loc | L_pre | mask coverage |", "|---|---|---|---|---|---|"]
       lines += [f"| {m['step']} | {m['loss']:.4g} | {m['l_u']:.4g} | {m['l_loc']:.4g} | {m['l_pre']:.4g} | "
                 f"{m['mask_coverage']:.3f} |" for m in metrics]
+    if evaluation and evaluation.get("aggregate"):
+      lines += ["", f"Evaluation ({evaluation['scorer']}, {len(evaluation['videos'])} videos per model):", "",
+                "| model | video-level rate | mean frame-level rate |", "|---|---|---|"]
+      lines += [f"| {name} | {a['video_rate']:.3f} | {a['mean_frame_rate']:.3f} |"
+                for name, a in evaluation["aggregate"].items()]
     with open(self.path("report.md"), "w") as f:
       f.write("\n".join(lines) + "\n")
     return {"report": "report.md"}

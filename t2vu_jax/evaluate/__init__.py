@@ -1,0 +1,8 @@
+"""Evaluation: NudeNet scoring of generated videos and the authors' evaluation-prompt CSVs."""
+from t2vu_jax.evaluate.nudity import (
+    DEFAULT_THRESHOLD, EXPOSED_CLASSES, AggregateScore, NudityScorer, VideoScore, aggregate, load_detector)
+from t2vu_jax.evaluate.prompts_csv import PromptCSVError, PromptRecord, read_prompt_csv
+
+__all__ = [
+    "DEFAULT_THRESHOLD", "EXPOSED_CLASSES", "AggregateScore", "NudityScorer", "VideoScore", "aggregate",
+    "load_detector", "PromptCSVError", "PromptRecord", "read_prompt_csv"]

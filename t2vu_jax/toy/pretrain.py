@@ -1,0 +1,191 @@
+"""Pretrain the toy world's text-to-video model and save it as a diffusers Wan pipeline without a VAE.
+
+A tiny Wan-architecture DiT in pixel space (RGB in [-1, 1], patch (1, 2, 2)) learns jointly with a tiny
+UMT5-architecture encoder under the rectified-flow loss: x_t = (1 - s) x0 + s e, target e - x0,
+t = 1000 s, s logit-normal; a share of prompts is replaced by "" so classifier-free guidance works.
+Every batch is fresh data from `world.dataset` with all wordings (held-out ones included). Embeddings
+are zero-padded to the pipeline's text length, as Wan does at inference, so training sees exactly the
+context that `pipeline.generate` gives. Everything is a function of the seed.
+
+  python -m t2vu_jax.toy.pretrain --out DIR --seed 0
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from t2vu_jax import text
+from t2vu_jax.models.umt5 import UMT5Config, UMT5Encoder
+from t2vu_jax.models.wan import WanConfig, WanTransformer
+from t2vu_jax.toy import world
+from t2vu_jax.toy.tokenizer import MAX_PROMPT_TOKENS, build_toy_tokenizer
+
+TOY_WAN = WanConfig(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, in_channels=3,
+                    out_channels=3, text_dim=64, freq_dim=64, ffn_dim=256, num_layers=2)
+TOY_UMT5 = UMT5Config(vocab_size=128, d_model=64, d_kv=32, d_ff=128, num_layers=1, num_heads=2,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=16)
+TOKENS = 16  # >= MAX_PROMPT_TOKENS: the encoder only ever needs the real tokens
+FLOW_SHIFT = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 900
+  batch: int = 32
+  lr: float = 2e-3
+  warmup: int = 50
+  weight_decay: float = 0.01
+  text_dropout: float = 0.1
+  text_len: int = text.MAX_LENGTH  # what the pipeline pads embeddings to
+
+
+class ToyModel(nnx.Module):
+  """The DiT and its text encoder, trained together."""
+
+  def __init__(self, seed: int, wan: WanConfig = TOY_WAN, umt5: UMT5Config = TOY_UMT5):
+    rngs = nnx.Rngs(seed)
+    self.transformer = WanTransformer(wan, dtype=jnp.float32, rngs=rngs)
+    self.text_encoder = UMT5Encoder(umt5, dtype=jnp.float32, rngs=rngs)
+
+  def embed(self, ids, mask, text_len: int):
+    """(B, text_len, d) embeddings, zero after each prompt's tokens (Wan's convention)."""
+    hidden = jnp.where(mask[..., None].astype(bool), self.text_encoder(ids, mask), 0.0)
+    return jnp.pad(hidden, ((0, 0), (0, text_len - hidden.shape[1]), (0, 0)))
+
+
+def flow_loss(model: ToyModel, x0, ids, mask, key, text_len: int):
+  """Rectified-flow velocity loss of a batch (x0 (B, 3, F, H, W) in [-1, 1])."""
+  k_s, k_e = jax.random.split(key)
+  b = x0.shape[0]
+  s = jax.nn.sigmoid(jax.random.normal(k_s, (b,)))
+  e = jax.random.normal(k_e, x0.shape)
+  sb = s[:, None, None, None, None]
+  xt = (1 - sb) * x0 + sb * e
+  v = model.transformer(xt, 1000.0 * s, model.embed(ids, mask, text_len))
+  return jnp.mean((v - (e - x0)) ** 2)
+
+
+@nnx.jit(static_argnums=(6,))
+def train_step(model: ToyModel, opt: nnx.Optimizer, x0, ids, mask, key, text_len: int):
+  loss, grads = nnx.value_and_grad(flow_loss)(model, x0, ids, mask, key, text_len)
+  opt.update(model, grads)
+  return loss
+
+
+@functools.lru_cache
+def _transform(cfg: TrainConfig) -> optax.GradientTransformation:
+  """One object per config, so that jitted steps of equal configs share their compilation."""
+  lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, max(cfg.steps, cfg.warmup + 1), cfg.lr * 0.05)
+  return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(lr, weight_decay=cfg.weight_decay))
+
+
+def make_optimizer(model: ToyModel, cfg: TrainConfig) -> nnx.Optimizer:
+  return nnx.Optimizer(model, _transform(cfg), wrt=nnx.Param)
+
+
+def batch(tokenizer, seed: int, step: int, cfg: TrainConfig):
+  """(x0 (B, 3, F, H, W), ids, mask) of training step `step`: fresh scenes, some prompts dropped."""
+  videos, prompts, _ = world.dataset(seed * 1_000_003 + step, cfg.batch)
+  drop = np.random.default_rng([seed, step]).random(cfg.batch) < cfg.text_dropout
+  prompts = ["" if d else p for p, d in zip(prompts, drop)]
+  ids, mask = text.tokenize(tokenizer, prompts, TOKENS)
+  return np.transpose(videos, (0, 4, 1, 2, 3)), ids, mask
+
+
+def pretrain(seed: int = 0, cfg: TrainConfig = TrainConfig(), log_every: int = 100, log=print):
+  """Train from `seed`; returns (model, tokenizer, losses)."""
+  tokenizer = build_toy_tokenizer()
+  assert TOKENS >= MAX_PROMPT_TOKENS and len(tokenizer) <= TOY_UMT5.vocab_size
+  model = ToyModel(seed)
+  opt = make_optimizer(model, cfg)
+  key = jax.random.key(seed)
+  losses, start = [], time.time()
+  for step in range(cfg.steps):
+    x0, ids, mask = batch(tokenizer, seed, step, cfg)
+    loss = train_step(model, opt, x0, ids, mask, jax.random.fold_in(key, step), cfg.text_len)
+    losses.append(float(loss))
+    if log and (step + 1) % log_every == 0:
+      log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-log_every:]):.4f} ({time.time() - start:.0f} s)")
+  return model, tokenizer, losses
+
+
+def save_pipeline(model: ToyModel, tokenizer, out: str, flow_shift: float = FLOW_SHIFT,
+                  overwrite: bool = False) -> None:
+  """Write a diffusers `WanPipeline` directory with `vae: [null, null]` through our exporters."""
+  from convert.atomic import atomic_directory
+  from convert.umt5 import save_umt5
+  from convert.wan_writer import DIFFUSERS_VERSION, save_diffusers
+  with atomic_directory(out, overwrite) as tmp:
+    save_diffusers(model.transformer, os.path.join(tmp, "transformer"), dtype="float32", progress=False)
+    save_umt5(model.text_encoder, os.path.join(tmp, "text_encoder"), dtype="float32")
+    tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+    os.makedirs(os.path.join(tmp, "scheduler"))
+    scheduler = {"_class_name": "UniPCMultistepScheduler", "_diffusers_version": DIFFUSERS_VERSION,
+                 "num_train_timesteps": 1000, "prediction_type": "flow_prediction", "use_flow_sigmas": True,
+                 "flow_shift": flow_shift, "solver_order": 2, "solver_type": "bh2", "predict_x0": True,
+                 "lower_order_final": True, "timestep_spacing": "linspace", "final_sigmas_type": "zero"}
+    index = {"_class_name": "WanPipeline", "_diffusers_version": DIFFUSERS_VERSION,
+             "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+             "text_encoder": ["transformers", "UMT5EncoderModel"],
+             "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+             "transformer": ["diffusers", "WanTransformer3DModel"],
+             "vae": [None, None], "transformer_2": [None, None], "boundary_ratio": None, "expand_timesteps": False}
+    for path, obj in ((("scheduler", "scheduler_config.json"), scheduler), (("model_index.json",), index)):
+      with open(os.path.join(tmp, *path), "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def evaluate(pipe, seed: int = 1234, n: int = 100, steps: int = 25, guidance: float = 4.0,
+             shift: float | None = None, batch_size: int = 50) -> dict[str, float]:
+  """Colour, shape and motion accuracy of the exact classifier on `n` fresh scene prompts."""
+  from t2vu_jax.toy.classifier import classify_batch
+  _, prompts, scenes = world.dataset(seed, n)
+  hits = {k: 0 for k in world.KINDS}
+  for start in range(0, n, batch_size):
+    frames = pipe.generate(prompts[start:start + batch_size], height=world.SIZE, width=world.SIZE,
+                           num_frames=world.FRAMES, steps=steps, guidance=guidance, shift=shift,
+                           seed=seed + start, output="float", progress=False)
+    for reading, scene in zip(classify_batch(frames, value_range=(0, 1)), scenes[start:start + batch_size]):
+      for k, ok in reading.matches(scene).items():
+        hits[k] += ok
+  return {k: v / n for k, v in hits.items()}
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", required=True, help="pipeline directory to write")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--steps", type=int, default=TrainConfig.steps)
+  p.add_argument("--batch", type=int, default=TrainConfig.batch)
+  p.add_argument("--lr", type=float, default=TrainConfig.lr)
+  p.add_argument("--overwrite", action="store_true")
+  p.add_argument("--eval", type=int, default=100, help="videos to score after training (0: none)")
+  p.add_argument("--eval-steps", type=int, default=25)
+  p.add_argument("--guidance", type=float, default=4.0)
+  args = p.parse_args(argv)
+  cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr)
+  start = time.time()
+  model, tokenizer, _ = pretrain(args.seed, cfg)
+  print(f"pretraining: {time.time() - start:.0f} s")
+  save_pipeline(model, tokenizer, args.out, overwrite=args.overwrite)
+  if args.eval:
+    from t2vu_jax.pipeline import load_pipeline
+    start = time.time()
+    acc = evaluate(load_pipeline(args.out, progress=False), n=args.eval, steps=args.eval_steps,
+                   guidance=args.guidance)
+    print(f"accuracy {json.dumps(acc)} ({args.eval} videos, {args.eval_steps} steps, guidance {args.guidance}, "
+          f"{time.time() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+  main()
