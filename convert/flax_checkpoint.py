@@ -28,15 +28,18 @@ def save_flax_transformer(model: WanTransformer, out: str, overwrite: bool = Fal
         nnx.state(model, nnx.Param).to_pure_dict()))
 
 
-def read_flax_transformer(path: str, dtype=None, shardings=None, **model_kwargs) -> WanTransformer:
-  """Restore a model written by `save_flax_transformer`, cast to `dtype` (default: as saved)."""
+def read_flax_transformer(path: str, dtype=None, mesh=None, **model_kwargs) -> WanTransformer:
+  """Restore a model written by `save_flax_transformer`, cast to `dtype` (default: as saved); with a
+  `mesh`, every array is restored straight into its sharding (`t2vu_jax.sharding`)."""
   with open(os.path.join(path, FLAX_MARKER)) as f:
     meta = json.load(f)
   config = WanConfig.from_dict(meta["config"])
   model = abstract_transformer(config, dtype or meta["dtype"], **model_kwargs)
   graphdef, abstract = nnx.split(model)
   target = abstract.to_pure_dict()
-  if shardings is not None:
+  if mesh is not None:
+    from t2vu_jax.sharding import param_shardings
+    shardings = param_shardings(abstract, mesh).to_pure_dict()
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, shardings)
   restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "params"), target)
   restored = jax.tree.map(lambda r, a: r.astype(a.dtype), restored, target)

@@ -1,16 +1,39 @@
 """Attention backends.
 
-All backends take and return `(B, S, H, D)` tensors. The XLA reference runs everywhere and is the
-one the parity tests use; accelerator kernels are selected by name.
+All backends take and return `(B, S, H, D)` tensors and compute softmax(q k^T / sqrt(d)) v with no
+mask (Wan masks nothing). "xla" is the reference: it runs everywhere and the parity tests use it.
+"cudnn" is cuDNN's fused attention through `jax.nn.dot_product_attention` (GPU); "splash" is the
+Pallas splash-attention kernel (TPU), with sequences padded to its block size and the padding kept
+out by segment ids.
 """
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-BACKENDS = ("xla",)
+BACKENDS = ("xla", "cudnn", "splash")
+PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}
+SPLASH_BLOCK = 128
+
+
+def check_backend(backend: str) -> str:
+  """`backend` if it exists and runs on this process's platform, else a ValueError saying what to use."""
+  if backend not in BACKENDS:
+    raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
+  needed = PLATFORMS.get(backend)
+  if needed and jax.default_backend() != needed:
+    raise ValueError(f"attention backend {backend!r} needs a {needed.upper()}, but JAX runs on "
+                     f"{jax.default_backend()!r} here; use 'xla' (runs everywhere)")
+  return backend
 
 
 def dot_product_attention(q, k, v, backend: str = "xla"):
-  """softmax(q k^T / sqrt(d)) v with the softmax in fp32, no mask (Wan masks nothing)."""
+  """softmax(q k^T / sqrt(d)) v with the softmax in fp32."""
+  if backend == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+  if backend == "splash":
+    return splash_attention(q, k, v)
   if backend != "xla":
     raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
   scale = q.shape[-1] ** -0.5
@@ -29,3 +52,20 @@ def concept_attention(q, k, concept_mask):
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
   probs = jax.nn.softmax(logits, axis=-1)
   return jnp.einsum("bhqk,bk->bq", probs, concept_mask.astype(jnp.float32)) / q.shape[2]
+
+
+def splash_attention(q, k, v, interpret: bool = False):
+  """Pallas splash attention (TPU; `interpret=True` runs the same kernel anywhere, slowly)."""
+  from jax.experimental.pallas.ops.tpu import splash_attention as splash
+  b, s, h, d = q.shape
+  length = k.shape[1]
+  s_pad, l_pad = (SPLASH_BLOCK * math.ceil(n / SPLASH_BLOCK) for n in (s, length))
+  kernel = splash.make_splash_mha(splash.MultiHeadMask([splash.FullMask((s_pad, l_pad))] * h), head_shards=1,
+                                  q_seq_shards=1, interpret=interpret)
+  # Padded queries and keys get segment 1, real ones 0: real queries never see padded keys.
+  segments = splash.SegmentIds(q=jnp.asarray(np.arange(s_pad) >= s, jnp.int32),
+                               kv=jnp.asarray(np.arange(l_pad) >= length, jnp.int32))
+  pad = lambda t, n: jnp.pad(t, ((0, 0), (0, n - t.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+  qp, kp, vp = pad(q * d ** -0.5, s_pad), pad(k, l_pad), pad(v, l_pad)  # (B, H, S, D)
+  out = jax.vmap(lambda q1, k1, v1: kernel(q1, k1, v1, segment_ids=segments))(qp, kp, vp)
+  return out.transpose(0, 2, 1, 3)[:, :s].astype(v.dtype)

@@ -99,3 +99,71 @@ def test_evaluation_prompts_from_an_authors_csv(tmp_path):
   job = ErasureJob.__new__(ErasureJob)  # only the config is needed to list the prompts
   job.config = tiny_config(tmp_path, tmp_path / "run", **{"prompts.evaluate": f"{seeded},{unseeded}", "eval.seeds": 2, "eval.num_prompts": 5})
   assert job.eval_prompts() == [("a nude figure, at dusk", 7), ("a naked man swimming", 0), ("a naked man swimming", 1)]
+
+
+PREEMPT_SCRIPT = """
+import sys
+sys.path[:0] = ['.', 'tests']
+from test_run import tiny_config
+from t2vu_jax.erase.job import ErasureJob
+ErasureJob(tiny_config(sys.argv[1], sys.argv[2], stages='load,encode,erase', **{'optim.total_steps': 12}),
+           progress=False).run()
+"""
+
+
+def _erasers(job):
+  from flax import nnx
+  from t2vu_jax.models.erasers import EraserParam
+  return [np.asarray(v[...]) for _, v in nnx.to_flat_state(nnx.state(job.erased, EraserParam))]
+
+
+def test_sigterm_saves_and_the_rerun_resumes_bit_identically(wan_pipeline_dir, tmp_path):
+  import signal
+  import time
+  _, path = wan_pipeline_dir()
+  run = tmp_path / "preempted"
+  proc = subprocess.Popen([sys.executable, "-c", PREEMPT_SCRIPT, str(path), str(run)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = run / "metrics.jsonl"
+  deadline = time.time() + 300
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 75, err[-3000:]
+  assert "preempted: saved step" in out and not (run / "stages" / "erase").exists()
+  stopped_at = int(out.split("preempted: saved step ")[1].split(";")[0])
+  assert 3 <= stopped_at < 12
+
+  resumed = ErasureJob(tiny_config(path, run, stages="load,encode,erase", **{"optim.total_steps": 12}), progress=False)
+  assert resumed.run()["erase"]["resumed_from"] == stopped_at
+  whole = ErasureJob(tiny_config(path, tmp_path / "whole", stages="load,encode,erase", **{"optim.total_steps": 12}),
+                     progress=False)
+  whole.run()
+  for a, b in zip(_erasers(resumed), _erasers(whole)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_unreadable_latest_checkpoint_falls_back_and_foreign_checkpoints_are_refused(wan_pipeline_dir, tmp_path):
+  from t2vu_jax.checkpoint import CheckpointMismatch
+  _, path = wan_pipeline_dir()
+  stages = "load,encode,erase"
+  job = ErasureJob(tiny_config(path, tmp_path / "run", stages=stages), progress=False)  # checkpoints at 2 and 4
+  job.run()
+  reference = _erasers(job)
+  for f in (tmp_path / "run" / "checkpoints" / "4").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "manifest" not in f.name and "METADATA" not in f.name:
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a save cut short
+  os.remove(tmp_path / "run" / "stages" / "erase")
+  again = ErasureJob(tiny_config(path, tmp_path / "run", stages=stages), progress=False)
+  with pytest.warns(UserWarning, match="cannot be read.*falling back"):
+    summary = again.run()
+  assert summary["erase"]["resumed_from"] == 2
+  for a, b in zip(_erasers(again), reference):
+    np.testing.assert_array_equal(a, b)
+
+  os.remove(tmp_path / "run" / "stages" / "erase")
+  other = ErasureJob(tiny_config(path, tmp_path / "run", stages=stages, **{"eraser.rank": 8}), progress=False)
+  with pytest.raises(CheckpointMismatch, match="another model or eraser configuration"):
+    other.run()

@@ -105,6 +105,19 @@ SCRIPT = textwrap.dedent('''
       for (p, a), (_, b) in zip(nnx.to_flat_state(state.erasers), nnx.to_flat_state(ref_state.erasers)):
         np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), atol=2e-6, err_msg=f"{spec} {p}")
       print(spec, "ok", losses)
+
+    # Loading straight into shardings, from a diffusers directory and from our Flax format.
+    from convert.flax_checkpoint import save_flax_transformer
+    mesh = make_mesh(MeshConfig.parse("1x4x1x2"), num_heads=2)
+    plain = t2vu_jax.load_transformer(path, "float32", progress=False)
+    save_flax_transformer(plain, path + "_flax")
+    x, t, text = batch.x_t, batch.t, batch.cond
+    for source in (path, path + "_flax"):
+      sharded = t2vu_jax.load_transformer(source, "float32", progress=False, mesh=mesh)
+      q = sharded.blocks.attn1.to_q.kernel[...]
+      assert tuple(q.sharding.spec) == (None, "fsdp", "tensor") and q.addressable_shards[0].data.shape == (2, 8, 16), q.sharding
+      np.testing.assert_allclose(np.asarray(sharded(x, t, text)), np.asarray(plain(x, t, text)), atol=1e-5)
+      print("load", "ok")
 ''')
 
 
@@ -113,4 +126,4 @@ def test_sharded_erasure_steps_equal_single_device(tmp_path):
   result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "transformer")], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
-  assert result.stdout.count(" ok ") == 4, result.stdout
+  assert result.stdout.count(" ok ") == 4 and result.stdout.count("load ok") == 2, result.stdout

@@ -184,8 +184,8 @@ class ErasureJob:
   def stage_erase(self):
     import jax
     import jax.numpy as jnp
-    import orbax.checkpoint as ocp
-    from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig
+    from t2vu_jax.checkpoint import Preempted, TrainCheckpoints, preemption_guard
+    from t2vu_jax.erase.objective import ObjectiveConfig
     from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step
     from t2vu_jax.erase.trajectory import TrajectoryConfig
     from t2vu_jax.models.erasers import EraserConfig, attach_erasers
@@ -202,58 +202,67 @@ class ErasureJob:
     step_fn = make_train_step(graphdef, tx, ObjectiveConfig(**_settings(c, "objective")),
                               TrajectoryConfig(**_settings(c, "trajectory")), self.latent_shape(c.batch_size))
 
-    manager = ocp.CheckpointManager(os.path.abspath(self.path("checkpoints")),
-                                    options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    trainable = {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
-    start = 0
-    if manager.latest_step() is not None:
-      start = manager.latest_step()
-      restored = manager.restore(start, args=ocp.args.StandardRestore(trainable))
+    checkpoints = TrainCheckpoints(self.path("checkpoints"))
+    trainable = lambda state: {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
+    start, restored = checkpoints.restore_latest(trainable(state))
+    if restored is not None:
       state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
       print(f"resuming erasure from step {start}")
 
     empty = jnp.asarray(data["empty"])[None]
     metrics_file = open(self.path("metrics.jsonl"), "a")
     key = jax.random.key(c.seed)
-    for step in tqdm(range(start, optim.total_steps), desc="erasing", initial=start, total=optim.total_steps,
-                     disable=not self.progress):
-      erase, preserve = prompts.sample(c.batch_size, c.seed, step, c.preserve_batch_size)
-      rows = np.array([index[e.prompt] for e in erase])
-      batch = ErasureBatch(None, None, None, jnp.asarray(data["erase"][rows]),
-                           jnp.broadcast_to(empty, (len(rows), *empty.shape[1:])),
-                           jnp.asarray(data["concept_mask"][rows]))
-      if preserve:
-        pre_rows = np.array([pre_index[e.prompt] for e in preserve])[:len(rows)]
-        batch = batch._replace(cond_pre=jnp.asarray(data["preserve"][pre_rows]))
-      state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
-      if (step + 1) % c.log_every == 0 or step + 1 == optim.total_steps:
-        record = {"step": step + 1, **{k: float(v) for k, v in metrics.items()}}
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-      if (step + 1) % c.checkpoint_every == 0 or step + 1 == optim.total_steps:
-        manager.save(step + 1, args=ocp.args.StandardSave(
-            {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}))
-    manager.wait_until_finished()
+    with preemption_guard() as preemption:
+      for step in tqdm(range(start, optim.total_steps), desc="erasing", initial=start, total=optim.total_steps,
+                       disable=not self.progress):
+        state, metrics = self._erase_step(step_fn, state, data, prompts, index, pre_index, empty, key, step)
+        last = step + 1 == optim.total_steps
+        if (step + 1) % c.log_every == 0 or last:
+          metrics_file.write(json.dumps({"step": step + 1, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+          metrics_file.flush()
+        if (step + 1) % c.checkpoint_every == 0 or last or preemption["requested"]:
+          checkpoints.save(step + 1, trainable(state))
+        if preemption["requested"] and not last:
+          checkpoints.wait()
+          metrics_file.close()
+          print(f"preempted: saved step {step + 1}; rerun the same command to resume")
+          raise Preempted(step + 1)
+    checkpoints.wait()
     metrics_file.close()
     from flax import nnx
     self.erased = nnx.merge(graphdef, state.erasers, state.base)
     return {"steps": optim.total_steps, "resumed_from": start}
 
+  def _erase_step(self, step_fn, state, data, prompts, index, pre_index, empty, key, step):
+    """One train step on the prompts of `step` (a function of seed and step only, so resumable)."""
+    import jax
+    import jax.numpy as jnp
+    from t2vu_jax.erase.objective import ErasureBatch
+    c = self.config
+    erase, preserve = prompts.sample(c.batch_size, c.seed, step, c.preserve_batch_size)
+    rows = np.array([index[e.prompt] for e in erase])
+    batch = ErasureBatch(None, None, None, jnp.asarray(data["erase"][rows]),
+                         jnp.broadcast_to(empty, (len(rows), *empty.shape[1:])),
+                         jnp.asarray(data["concept_mask"][rows]))
+    if preserve:
+      pre_rows = np.array([pre_index[e.prompt] for e in preserve])[:len(rows)]
+      batch = batch._replace(cond_pre=jnp.asarray(data["preserve"][pre_rows]))
+    return step_fn(state, batch, jax.random.fold_in(key, step))
+
   def erased_model(self):
     """The pipeline's transformer with the erasers of the latest checkpoint."""
     if getattr(self, "erased", None) is None:
-      import orbax.checkpoint as ocp
       from flax import nnx
+      from t2vu_jax.checkpoint import TrainCheckpoints
       from t2vu_jax.erase.train import init_train_state, make_optimizer, OptimConfig
       from t2vu_jax.models.erasers import EraserConfig, attach_erasers
       model = attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(self.config, "eraser")))
       tx = make_optimizer(OptimConfig(**_settings(self.config, "optim")))
       graphdef, state = init_train_state(model, tx)
-      manager = ocp.CheckpointManager(os.path.abspath(self.path("checkpoints")))
-      if manager.latest_step() is None:
-        raise FileNotFoundError(f"no erasure checkpoint in {self.path('checkpoints')}; run the erase stage")
       target = {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
-      restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(target))
+      _, restored = TrainCheckpoints(self.path("checkpoints")).restore_latest(target)
+      if restored is None:
+        raise FileNotFoundError(f"no erasure checkpoint in {self.path('checkpoints')}; run the erase stage")
       self.erased = nnx.merge(graphdef, restored["erasers"], state.base)
     return self.erased
 

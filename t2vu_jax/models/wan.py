@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t2vu_jax.attention import concept_attention, dot_product_attention
+from t2vu_jax.attention import check_backend, concept_attention, dot_product_attention
 
 F32 = jnp.float32
 
@@ -327,7 +327,7 @@ class WanTransformer(nnx.Module):
     self.dtype = dtype = jnp.dtype(dtype)
     self.scan_layers = scan_layers
     self.remat = remat
-    self.attention = attention
+    self.attention = check_backend(attention)
     pt, ph, pw = cfg.patch_size
     # Conv3d with kernel = stride = patch, stored (t, h, w, in, out).
     self.patch_embedding = nnx.Conv(cfg.in_channels, cfg.dim, kernel_size=(pt, ph, pw), strides=(pt, ph, pw),
