@@ -34,6 +34,8 @@ def validate(config):
 
 def run_erasure(config):
   from t2vu_jax.erase.job import ConfigError, ErasureJob
+  from t2vu_jax.sharding import initialize_distributed
+  initialize_distributed()
   try:
     job = ErasureJob(config)
   except ConfigError as e:

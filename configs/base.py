@@ -11,6 +11,8 @@ def get_config():
   c.seed = 0
   c.stages = ",".join(STAGES)    # any subset, in this order; finished stages are not repeated
 
+  c.mesh = "1x-1x1x1"            # data x fsdp x context x tensor over all devices; -1 fills one axis
+
   c.model = ml_collections.ConfigDict()
   c.model.path = ""              # a diffusers Wan2.1 T2V pipeline directory
   c.model.dtype = "bfloat16"     # transformer weights and activations (norms stay fp32)

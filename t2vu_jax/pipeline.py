@@ -223,12 +223,13 @@ def check_pipeline_dir(path: str) -> dict:
 
 def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float32",
                   transformer: str | None = None, cache_dir: str | None = None,
-                  progress: bool = True) -> WanPipeline:
+                  progress: bool = True, mesh=None) -> WanPipeline:
   """Load a diffusers Wan2.1 T2V pipeline directory.
 
   `dtype` is the transformer's dtype, `text_dtype` the encoder's (default: `dtype`). `transformer`
   replaces the pipeline's transformer (any path `load_transformer` reads, e.g. erased weights).
-  `cache_dir` enables the on-disk prompt embedding cache.
+  `cache_dir` enables the on-disk prompt embedding cache. With a `mesh` the transformer is read
+  straight into its shards and the text encoder is sharded the same way (`t2vu_jax.sharding`).
   """
   path = str(path)
   meta = check_pipeline_dir(path)
@@ -239,9 +240,14 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
     scheduler_config = json.load(f)
   schedulers.scheduler_from_config(scheduler_config, 1)  # unsupported options fail before loading weights
   tokenizer = text.load_tokenizer(path)
-  encoder = read_umt5(path, jnp.dtype(text_dtype or dtype), progress=progress)
+  place = None
+  if mesh is not None:
+    from t2vu_jax.sharding import placer
+    place = placer(mesh)
+  encoder = read_umt5(path, jnp.dtype(text_dtype or dtype), progress=progress, place=place)
   text.check_vocab(tokenizer, encoder)
-  transformer = load_transformer(transformer or os.path.join(path, "transformer"), dtype, progress=progress)
+  transformer = load_transformer(transformer or os.path.join(path, "transformer"), dtype, progress=progress,
+                                 mesh=mesh)
   if transformer.config.text_dim != encoder.config.d_model:
     raise CheckpointError(f"{path}: the transformer expects {transformer.config.text_dim}-wide text "
                           f"embeddings but the text encoder gives {encoder.config.d_model}")

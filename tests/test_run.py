@@ -83,6 +83,7 @@ def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_p
     ({"trajectory.model": "mixed"}, "config.trajectory"),
     ({"export.formats": "lora"}, "config.export.formats"),
     ({"eval.scorer": "clip"}, "config.eval.scorer"),
+    ({"mesh": "2x1x1x1"}, "config.mesh"),
     ({"eval.seeds": 0}, "config.eval.seeds"),
 ])
 def test_bad_config_values_are_rejected_before_any_work(tmp_path, change, field):

@@ -67,6 +67,12 @@ def validate(config) -> list[str]:
     for side in ("height", "width"):
       if v[side] <= 0 or v[side] % VIDEO_MULTIPLE:
         _fail(f"{group}.{side}", f"{v[side]} is not a positive multiple of {VIDEO_MULTIPLE}")
+  from t2vu_jax.sharding import MeshConfig
+  import jax
+  try:
+    MeshConfig.parse(config.mesh).shape(jax.device_count())
+  except ValueError as e:
+    _fail("mesh", str(e))
   for field in ("batch_size", "preserve_batch_size", "log_every", "checkpoint_every"):
     if config[field] < 1:
       _fail(field, f"must be >= 1, got {config[field]}")
@@ -148,9 +154,17 @@ class ErasureJob:
 
   def pipeline(self):
     if self.pipe is None:
+      import json as json_lib
       from t2vu_jax.pipeline import load_pipeline
+      from t2vu_jax.sharding import MeshConfig, make_mesh
+      with open(os.path.join(self.config.model.path, "transformer", "config.json")) as f:
+        heads = json_lib.load(f).get("num_attention_heads")
+      try:
+        self.mesh = make_mesh(MeshConfig.parse(self.config.mesh), num_heads=heads)
+      except ValueError as e:
+        _fail("mesh", str(e))
       self.pipe = load_pipeline(self.config.model.path, self.config.model.dtype, self.config.model.text_dtype,
-                                cache_dir=self.path("embedding_cache"), progress=self.progress)
+                                cache_dir=self.path("embedding_cache"), progress=self.progress, mesh=self.mesh)
     return self.pipe
 
   def stage_load(self):
@@ -195,7 +209,9 @@ class ErasureJob:
     prompts = self.prompt_set()
     index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
     pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
+    from t2vu_jax.sharding import shard_module
     model = attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(c, "eraser")), seed=c.seed)
+    shard_module(model, self.mesh)  # the fresh erasers join the base weights on the mesh
     optim = OptimConfig(**_settings(c, "optim"))
     tx = make_optimizer(optim)
     graphdef, state = init_train_state(model, tx)
@@ -256,7 +272,9 @@ class ErasureJob:
       from t2vu_jax.checkpoint import TrainCheckpoints
       from t2vu_jax.erase.train import init_train_state, make_optimizer, OptimConfig
       from t2vu_jax.models.erasers import EraserConfig, attach_erasers
-      model = attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(self.config, "eraser")))
+      from t2vu_jax.sharding import shard_module
+      model = shard_module(attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(self.config, "eraser"))),
+                           self.mesh)
       tx = make_optimizer(OptimConfig(**_settings(self.config, "optim")))
       graphdef, state = init_train_state(model, tx)
       target = {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
