@@ -127,3 +127,16 @@ def test_sharded_erasure_steps_equal_single_device(tmp_path):
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   assert result.stdout.count(" ok ") == 4 and result.stdout.count("load ok") == 2, result.stdout
+
+
+def test_scaling_tool_compiles_for_meshes_and_writes_csv_and_plot(tmp_path):
+  import csv
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", "t2vu_jax.scaling", "--model", "1.3b", "--meshes", "8x1x1x1,1x8x1x1",
+                           "--simulate", "8", "--frames", "1", "--height", "32", "--width", "32", "--out", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = list(csv.DictReader(open(tmp_path / "scaling_1.3b.csv")))
+  assert [r["mesh"] for r in rows] == ["8x1x1x1", "1x8x1x1"] and (tmp_path / "scaling_1.3b.png").stat().st_size > 0
+  replicated, sharded = (float(r["argument_gb"]) for r in rows)
+  assert sharded < replicated / 4  # bf16 weights split 8 ways over fsdp, replicated under pure data parallelism

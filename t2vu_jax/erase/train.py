@@ -117,4 +117,5 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
                                                  batch, rng)
     return TrainState(step, state.base, erasers, opt_state), metrics
 
+  train_step.jitted = jitted  # jitted((step, erasers, opt_state), base, batch, rng): for ahead-of-time lowering
   return train_step

@@ -1,0 +1,119 @@
+"""Scaling study: compile the erasure train step ahead of time for several meshes and report what
+each device would hold and compute.
+
+  python -m t2vu_jax.scaling --model 1.3b --meshes 8x1x1x1,1x8x1x1,1x4x1x2 --simulate 8 --out docs/scaling
+
+Nothing is allocated: the model, erasers, optimizer state and batch are abstract arrays with their
+shardings, the step is lowered and compiled for the mesh, and XLA's `memory_analysis` (per device)
+and `cost_analysis` are read from the compiled program next to an analytic FLOP count (XLA counts
+the body of a scanned layer stack once, so its figure is far below the analytic one). With
+`--simulate N` the meshes are laid out on N simulated CPU devices; on real accelerators the step is
+also run and timed, and MFU reported against `--peak-tflops`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+
+FORWARDS_PER_STEP = 7  # erasers-off cond+uncond (2), erasers-on forward+input-gradient (2), preservation (1 + 2)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m t2vu_jax.scaling", description=__doc__.splitlines()[0])
+  p.add_argument("--model", default="1.3b", choices=["1.3b", "14b"])
+  p.add_argument("--meshes", default="8x1x1x1,1x8x1x1,1x4x1x2,2x2x1x2")
+  p.add_argument("--simulate", type=int, default=0, help="lay the meshes out on this many simulated CPU devices")
+  p.add_argument("--batch", type=int, default=8, help="global batch (sharded over data x fsdp when it divides)")
+  p.add_argument("--frames", type=int, default=17)
+  p.add_argument("--height", type=int, default=480)
+  p.add_argument("--width", type=int, default=832)
+  p.add_argument("--rank", type=int, default=128)
+  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  p.add_argument("--remat", default="full", help="remat policy of the blocks (see t2vu_jax.models.wan)")
+  p.add_argument("--peak-tflops", type=float, default=989.0, help="per device, for MFU (H100 bf16 dense: 989)")
+  p.add_argument("--out", default="scaling")
+  args = p.parse_args(argv)
+  if args.simulate:
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.simulate}"
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig
+  from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step
+  from t2vu_jax.models.erasers import EraserConfig, attach_erasers
+  from t2vu_jax.models.wan import WanConfig, WanTransformer, forward_flops
+  from t2vu_jax.sharding import MeshConfig, batch_sharding, make_mesh, param_shardings
+
+  cfg = WanConfig.wan_1_3b() if args.model == "1.3b" else WanConfig.wan_14b()
+  latent = (args.batch, cfg.in_channels, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+  tokens = latent[2] * (latent[3] // 2) * (latent[4] // 2)
+  analytic = FORWARDS_PER_STEP * forward_flops(cfg, tokens, 512, batch=args.batch)
+  rows = []
+  for spec in args.meshes.split(","):
+    mesh = make_mesh(MeshConfig.parse(spec), num_heads=cfg.num_attention_heads)
+
+    def build():
+      model = WanTransformer(cfg, dtype=args.dtype, rngs=nnx.Rngs(0), remat=args.remat)
+      return attach_erasers(model, EraserConfig(rank=args.rank))
+    model = nnx.eval_shape(build)
+    shardings = param_shardings(model, mesh)
+    tx = make_optimizer(OptimConfig())
+    graphdef, state = nnx.eval_shape(lambda: init_train_state(build(), tx))
+    shard = lambda tree, shard_tree: jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard_tree)
+    erasers_sh = nnx.state(shardings, lambda path, v: path[0] == "erasers")
+    base_sh = nnx.state(shardings, lambda path, v: path[0] != "erasers")
+    erasers = shard(state.erasers, erasers_sh)
+    base = shard(state.base, base_sh)
+    opt_state = jax.eval_shape(tx.init, erasers)
+    text = (args.batch, 512, cfg.text_dim)
+    arr = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape), shape[0]))
+    b = args.batch
+    batch = ErasureBatch(arr(latent), arr((b,)), arr((b,)), arr(text), arr(text), arr((b, 512)),
+                         arr(latent), arr((b,)), arr(text))
+    step = make_train_step(graphdef, tx, ObjectiveConfig())
+    start = time.time()
+    compiled = step.jitted.lower((jax.ShapeDtypeStruct((), jnp.int32), erasers, opt_state), base, batch,
+                                 jax.random.key(0)).compile()
+    compile_s = time.time() - start
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    row = dict(model=args.model, mesh=spec, devices=mesh.size, batch=args.batch, tokens=tokens,
+               argument_gb=mem.argument_size_in_bytes / 1e9, temp_gb=mem.temp_size_in_bytes / 1e9,
+               output_gb=mem.output_size_in_bytes / 1e9,
+               xla_tflops=(cost or {}).get("flops", float("nan")) / 1e12,
+               ideal_tflops_per_device=analytic / mesh.size / 1e12, compile_s=compile_s)
+    rows.append(row)
+    print(", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+  os.makedirs(args.out, exist_ok=True)
+  name = os.path.join(args.out, f"scaling_{args.model}")
+  with open(name + ".csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  labels = [r["mesh"] for r in rows]
+  ax.bar(labels, [r["argument_gb"] for r in rows], label="arguments (weights, erasers, optimizer, batch)")
+  ax.bar(labels, [r["temp_gb"] for r in rows], bottom=[r["argument_gb"] for r in rows], label="temporaries")
+  ax.set_ylabel("GB per device")
+  ax.set_xlabel("mesh data x fsdp x context x tensor")
+  ax.set_title(f"Wan {args.model} erasure step, {args.frames}x{args.height}x{args.width}, {args.dtype}")
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(name + ".png", dpi=120)
+  print(f"wrote {name}.csv and {name}.png")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
