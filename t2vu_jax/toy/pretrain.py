@@ -103,11 +103,22 @@ def batch(tokenizer, seed: int, step: int, cfg: TrainConfig):
   return np.transpose(videos, (0, 4, 1, 2, 3)), ids, mask
 
 
-def pretrain(seed: int = 0, cfg: TrainConfig = TrainConfig(), log_every: int = 100, log=print):
-  """Train from `seed`; returns (model, tokenizer, losses)."""
+def load_model(path: str) -> ToyModel:
+  """A `ToyModel` holding the weights of a saved toy pipeline (to continue its training)."""
+  from convert.load import load_transformer
+  from convert.umt5 import read_umt5
+  model = ToyModel(0)
+  model.transformer = load_transformer(os.path.join(path, "transformer"), "float32", progress=False)
+  model.text_encoder = read_umt5(path, jnp.float32, progress=False)
+  return model
+
+
+def pretrain(seed: int = 0, cfg: TrainConfig = TrainConfig(), log_every: int = 100, log=print,
+             model: ToyModel | None = None):
+  """Train from `seed` (or continue `model` on the batches of `seed`); returns (model, tokenizer, losses)."""
   tokenizer = build_toy_tokenizer()
   assert TOKENS >= MAX_PROMPT_TOKENS and len(tokenizer) <= TOY_UMT5.vocab_size
-  model = ToyModel(seed)
+  model = ToyModel(seed) if model is None else model
   opt = make_optimizer(model, cfg)
   key = jax.random.key(seed)
   losses, start = [], time.time()
@@ -169,14 +180,16 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=TrainConfig.steps)
   p.add_argument("--batch", type=int, default=TrainConfig.batch)
   p.add_argument("--lr", type=float, default=TrainConfig.lr)
+  p.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+  p.add_argument("--init", help="continue training the weights of this saved toy pipeline")
   p.add_argument("--overwrite", action="store_true")
   p.add_argument("--eval", type=int, default=100, help="videos to score after training (0: none)")
   p.add_argument("--eval-steps", type=int, default=25)
   p.add_argument("--guidance", type=float, default=4.0)
   args = p.parse_args(argv)
-  cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr)
+  cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup)
   start = time.time()
-  model, tokenizer, _ = pretrain(args.seed, cfg)
+  model, tokenizer, _ = pretrain(args.seed, cfg, model=load_model(args.init) if args.init else None)
   print(f"pretraining: {time.time() - start:.0f} s")
   save_pipeline(model, tokenizer, args.out, overwrite=args.overwrite)
   if args.eval:
