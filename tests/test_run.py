@@ -42,6 +42,7 @@ def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path):
     assert (run / "stages" / stage).exists(), stage
   metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   assert [m["step"] for m in metrics] == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in metrics)
+  assert read_scalars(run / "tensorboard", "erase/loss") == [(m["step"], pytest.approx(m["loss"])) for m in metrics]
   evaluation = json.loads((run / "evaluation.json").read_text())
   samples = evaluation["videos"]
   assert len(samples) == 1 and (run / samples[0]["base"]).exists() and (run / samples[0]["erased"]).exists()
@@ -168,3 +169,19 @@ def test_unreadable_latest_checkpoint_falls_back_and_foreign_checkpoints_are_ref
   other = ErasureJob(tiny_config(path, tmp_path / "run", stages=stages, **{"eraser.rank": 8}), progress=False)
   with pytest.raises(CheckpointMismatch, match="another model or eraser configuration"):
     other.run()
+
+
+def read_scalars(directory, tag):
+  """(step, value) of one scalar tag from TensorBoard event files (TFRecord framing, Event protos)."""
+  import struct
+  from tensorboardX.proto.event_pb2 import Event
+  out = []
+  for path in sorted(directory.glob("events.out.tfevents.*")):
+    data = path.read_bytes()
+    at = 0
+    while at < len(data):
+      (length,) = struct.unpack("<Q", data[at:at + 8])
+      event = Event.FromString(data[at + 12:at + 12 + length])
+      at += 12 + length + 4
+      out += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
+  return out

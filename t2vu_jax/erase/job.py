@@ -227,6 +227,8 @@ class ErasureJob:
 
     empty = jnp.asarray(data["empty"])[None]
     metrics_file = open(self.path("metrics.jsonl"), "a")
+    from tensorboardX import SummaryWriter
+    board = SummaryWriter(self.path("tensorboard"))
     key = jax.random.key(c.seed)
     with preemption_guard() as preemption:
       for step in tqdm(range(start, optim.total_steps), desc="erasing", initial=start, total=optim.total_steps,
@@ -234,17 +236,23 @@ class ErasureJob:
         state, metrics = self._erase_step(step_fn, state, data, prompts, index, pre_index, empty, key, step)
         last = step + 1 == optim.total_steps
         if (step + 1) % c.log_every == 0 or last:
-          metrics_file.write(json.dumps({"step": step + 1, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+          values = {k: float(v) for k, v in metrics.items()}
+          metrics_file.write(json.dumps({"step": step + 1, **values}) + "\n")
           metrics_file.flush()
+          for name, value in values.items():
+            board.add_scalar(f"erase/{name}", value, step + 1)
+          board.flush()
         if (step + 1) % c.checkpoint_every == 0 or last or preemption["requested"]:
           checkpoints.save(step + 1, trainable(state))
         if preemption["requested"] and not last:
           checkpoints.wait()
           metrics_file.close()
+          board.close()
           print(f"preempted: saved step {step + 1}; rerun the same command to resume")
           raise Preempted(step + 1)
     checkpoints.wait()
     metrics_file.close()
+    board.close()
     from flax import nnx
     self.erased = nnx.merge(graphdef, state.erasers, state.base)
     return {"steps": optim.total_steps, "resumed_from": start}
