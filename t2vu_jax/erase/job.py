@@ -104,6 +104,11 @@ def _paths(value: str) -> list[str]:
   return [p.strip() for p in str(value).split(",") if p.strip()]
 
 
+def trainable(state) -> dict:
+  """What a train checkpoint holds: the rest of a step is a function of (seed, step)."""
+  return {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
+
+
 def _settings(config, group: str) -> dict:
   d = config[group].to_dict()
   if group == "eraser" and not d.get("alpha"):
@@ -121,6 +126,7 @@ class ErasureJob:
     self.progress = progress
     os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
     self.pipe = None
+    self.erased = None  # the trained model, once the erase stage ran or a checkpoint was restored
 
   # -- bookkeeping -------------------------------------------------------------------------------
 
@@ -154,11 +160,10 @@ class ErasureJob:
 
   def pipeline(self):
     if self.pipe is None:
-      import json as json_lib
       from t2vu_jax.pipeline import load_pipeline
       from t2vu_jax.sharding import MeshConfig, make_mesh
       with open(os.path.join(self.config.model.path, "transformer", "config.json")) as f:
-        heads = json_lib.load(f).get("num_attention_heads")
+        heads = json.load(f).get("num_attention_heads")
       try:
         self.mesh = make_mesh(MeshConfig.parse(self.config.mesh), num_heads=heads)
       except ValueError as e:
@@ -200,26 +205,19 @@ class ErasureJob:
     import jax.numpy as jnp
     from t2vu_jax.checkpoint import Preempted, TrainCheckpoints, preemption_guard
     from t2vu_jax.erase.objective import ObjectiveConfig
-    from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step
+    from t2vu_jax.erase.train import make_train_step
     from t2vu_jax.erase.trajectory import TrajectoryConfig
-    from t2vu_jax.models.erasers import EraserConfig, attach_erasers
 
     c = self.config
     data = np.load(self.path("embeddings.npz"))
     prompts = self.prompt_set()
     index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
     pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
-    from t2vu_jax.sharding import shard_module
-    model = attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(c, "eraser")), seed=c.seed)
-    shard_module(model, self.mesh)  # the fresh erasers join the base weights on the mesh
-    optim = OptimConfig(**_settings(c, "optim"))
-    tx = make_optimizer(optim)
-    graphdef, state = init_train_state(model, tx)
+    optim, tx, graphdef, state = self.train_setup()
     step_fn = make_train_step(graphdef, tx, ObjectiveConfig(**_settings(c, "objective")),
                               TrajectoryConfig(**_settings(c, "trajectory")), self.latent_shape(c.batch_size))
 
     checkpoints = TrainCheckpoints(self.path("checkpoints"))
-    trainable = lambda state: {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
     start, restored = checkpoints.restore_latest(trainable(state))
     if restored is not None:
       state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
@@ -273,20 +271,25 @@ class ErasureJob:
       batch = batch._replace(cond_pre=jnp.asarray(data["preserve"][pre_rows]))
     return step_fn(state, batch, jax.random.fold_in(key, step))
 
+  def train_setup(self):
+    """(optim config, optimizer, graphdef, train state) of fresh erasers on the pipeline's transformer."""
+    from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer
+    from t2vu_jax.models.erasers import EraserConfig, attach_erasers
+    from t2vu_jax.sharding import shard_module
+    c = self.config
+    model = attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(c, "eraser")), seed=c.seed)
+    shard_module(model, self.mesh)  # the fresh erasers join the base weights on the mesh
+    optim = OptimConfig(**_settings(c, "optim"))
+    tx = make_optimizer(optim)
+    return (optim, tx, *init_train_state(model, tx))
+
   def erased_model(self):
     """The pipeline's transformer with the erasers of the latest checkpoint."""
-    if getattr(self, "erased", None) is None:
+    if self.erased is None:
       from flax import nnx
       from t2vu_jax.checkpoint import TrainCheckpoints
-      from t2vu_jax.erase.train import init_train_state, make_optimizer, OptimConfig
-      from t2vu_jax.models.erasers import EraserConfig, attach_erasers
-      from t2vu_jax.sharding import shard_module
-      model = shard_module(attach_erasers(self.pipeline().transformer, EraserConfig(**_settings(self.config, "eraser"))),
-                           self.mesh)
-      tx = make_optimizer(OptimConfig(**_settings(self.config, "optim")))
-      graphdef, state = init_train_state(model, tx)
-      target = {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
-      _, restored = TrainCheckpoints(self.path("checkpoints")).restore_latest(target)
+      _, _, graphdef, state = self.train_setup()
+      _, restored = TrainCheckpoints(self.path("checkpoints")).restore_latest(trainable(state))
       if restored is None:
         raise FileNotFoundError(f"no erasure checkpoint in {self.path('checkpoints')}; run the erase stage")
       self.erased = nnx.merge(graphdef, restored["erasers"], state.base)

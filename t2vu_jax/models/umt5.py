@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t2vu_jax.models.wan import REMAT_POLICIES
+from t2vu_jax.models.wan import REMAT_POLICIES, RMSNorm  # T5's LayerNorm is an RMS norm in fp32
 
 F32 = jnp.float32
 ACTIVATIONS = {
@@ -89,18 +89,6 @@ def relative_position_buckets(cfg: UMT5Config, length: int) -> np.ndarray:
   return buckets + np.where(dist < exact, dist, large)
 
 
-class T5Norm(nnx.Module):
-  """T5 LayerNorm: RMS scaling only (no mean, no bias), computed in fp32."""
-
-  def __init__(self, dim: int, eps: float):
-    self.eps = eps
-    self.scale = nnx.Param(jnp.ones((dim,), F32))
-
-  def __call__(self, x):
-    x = x.astype(F32)
-    return self.scale[...] * (x * jax.lax.rsqrt(jnp.square(x).mean(-1, keepdims=True) + self.eps))
-
-
 class SelfAttention(nnx.Module):
 
   def __init__(self, cfg: UMT5Config, dtype, rngs: nnx.Rngs):
@@ -143,9 +131,9 @@ class UMT5Layer(nnx.Module):
 
   def __init__(self, cfg: UMT5Config, dtype, rngs: nnx.Rngs):
     self.dtype = dtype
-    self.attn_norm = T5Norm(cfg.d_model, cfg.layer_norm_epsilon)
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
     self.attn = SelfAttention(cfg, dtype, rngs)
-    self.ffn_norm = T5Norm(cfg.d_model, cfg.layer_norm_epsilon)
+    self.ffn_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
     self.ffn = GatedFeedForward(cfg, dtype, rngs)
 
   def __call__(self, x, buckets, key_mask):
@@ -173,7 +161,7 @@ class UMT5Encoder(nnx.Module):
       return UMT5Layer(cfg, dtype, rngs)
 
     self.layers = make_layers(rngs)
-    self.final_layer_norm = T5Norm(cfg.d_model, cfg.layer_norm_epsilon)
+    self.final_layer_norm = RMSNorm(cfg.d_model, cfg.layer_norm_epsilon)
 
   def __call__(self, input_ids, attention_mask=None):
     if attention_mask is None:
