@@ -7,12 +7,14 @@ Nothing is allocated: the model, erasers, optimizer state and batch are abstract
 shardings, the step is lowered and compiled for the mesh, and XLA's `memory_analysis` (per device)
 and `cost_analysis` are read from the compiled program next to an analytic FLOP count (XLA counts
 the body of a scanned layer stack once, so its figure is far below the analytic one). With
-`--simulate N` the meshes are laid out on N simulated CPU devices; on real accelerators the step is
-also run and timed, and MFU reported against `--peak-tflops`.
+`--simulate N` the meshes are laid out on N simulated CPU devices. The step is compiled with the
+mesh in context, so the model's activation sharding constraints apply (`--unconstrained` leaves
+them out). Measured step times and MFU on a GPU: `benchmarks/gpu_check.sh`.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
@@ -33,7 +35,8 @@ def main(argv=None) -> int:
   p.add_argument("--rank", type=int, default=128)
   p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   p.add_argument("--remat", default="full", help="remat policy of the blocks (see t2vu_jax.models.wan)")
-  p.add_argument("--peak-tflops", type=float, default=989.0, help="per device, for MFU (H100 bf16 dense: 989)")
+  p.add_argument("--unconstrained", action="store_true",
+                 help="compile without the mesh in context: no activation sharding constraints (for comparison)")
   p.add_argument("--out", default="scaling")
   args = p.parse_args(argv)
   if args.simulate:
@@ -78,8 +81,9 @@ def main(argv=None) -> int:
                          arr(latent), arr((b,)), arr(text))
     step = make_train_step(graphdef, tx, ObjectiveConfig())
     start = time.time()
-    compiled = step.jitted.lower((jax.ShapeDtypeStruct((), jnp.int32), erasers, opt_state), base, batch,
-                                 jax.random.key(0)).compile()
+    with contextlib.nullcontext() if args.unconstrained else jax.set_mesh(mesh):
+      compiled = step.jitted.lower((jax.ShapeDtypeStruct((), jnp.int32), erasers, opt_state), base, batch,
+                                   jax.random.key(0)).compile()
     compile_s = time.time() - start
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()

@@ -5,6 +5,14 @@ matrix split over `fsdp` along its model dimension, attention heads and FFN hidd
 `tensor`, video tokens over `context`. A parameter's placement follows from a logical name per
 array axis ("embed", "heads", "mlp", "vocab", "layers", ...) and `LOGICAL_RULES`, which map logical
 names to mesh axes. An axis whose size the mesh axis does not divide stays replicated.
+
+Activations follow the same rules through `constrain` (batch over data x fsdp, tokens over
+context, heads and FFN units over tensor, the model dimension replicated), but only while a mesh is
+in context (`with jax.set_mesh(mesh):`); without one the model runs unconstrained.
+
+Multi-process runs (one process per host): `initialize_distributed` joins the job, every process
+runs every computation (collectives need all of them), and only `is_primary()` writes files;
+`sync_processes` is a barrier and `to_host` brings arrays sharded across processes to every host.
 """
 from __future__ import annotations
 
@@ -76,15 +84,49 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None, num_heads: int | Non
   return Mesh(np.asarray(devices).reshape(shape), AXES)
 
 
-def initialize_distributed() -> None:
-  """Join a multi-process JAX job when the environment describes one (no-op otherwise)."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+  """Join a multi-process JAX job when the arguments or the environment describe one; returns
+  whether it did. The environment: `JAX_COORDINATOR_ADDRESS` (host:port of process 0), with
+  `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID`, or without them on a cluster JAX detects by itself
+  (SLURM, Open MPI, Kubernetes, Cloud TPU). A single process (nothing set) is a no-op."""
+  env = os.environ.get
+  coordinator_address = coordinator_address or env("JAX_COORDINATOR_ADDRESS")
+  if coordinator_address is None:
+    return False
+  if num_processes is None and env("JAX_NUM_PROCESSES"):
+    num_processes = int(env("JAX_NUM_PROCESSES"))
+  if process_id is None and env("JAX_PROCESS_ID"):
+    process_id = int(env("JAX_PROCESS_ID"))
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  return True
 
 
 def is_primary() -> bool:
-  """Only process 0 logs, writes reports and exports."""
+  """Whether this is process 0, the only one that logs to files, writes reports and exports."""
   return jax.process_index() == 0
+
+
+def sync_processes(name: str) -> None:
+  """Barrier across all processes (no-op in a single process): e.g. after process 0 wrote files the
+  others read next."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def to_host(tree):
+  """Arrays of `tree` as numpy arrays on this host. Arrays split across processes are gathered (a
+  collective: every process must call it); in a single process this is `jax.device_get`."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  def fetch(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable and not a.is_fully_replicated:
+      return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+  return jax.tree.map(fetch, tree)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,18 +160,24 @@ def logical_axes(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[str | N
   return (("layers",) if stacked else ()) + tuple(axes)
 
 
+def mesh_axes(name: str | None, mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes of more than one device that the logical axis `name` maps to."""
+  target = LOGICAL_RULES.get(name) if name else None
+  targets = (target,) if isinstance(target, str) else tuple(target or ())
+  return tuple(t for t in targets if mesh.shape[t] > 1)
+
+
 def partition_spec(axes, shape, mesh: Mesh) -> PartitionSpec:
-  """Map logical axes to mesh axes; an axis the mesh axes do not divide stays replicated."""
+  """Map logical axes to mesh axes. An axis mapped to several mesh axes (batch: data, fsdp) is split
+  over the longest leading run of them whose product divides it; one that none divides stays
+  replicated."""
   spec, used = [], set()
   for name, size in zip(axes, shape):
-    target = LOGICAL_RULES.get(name) if name else None
-    targets = (target,) if isinstance(target, str) else tuple(target or ())
-    targets = tuple(t for t in targets if t not in used and mesh.shape[t] > 1)
-    if targets and size % math.prod(mesh.shape[t] for t in targets) == 0:
-      spec.append(targets[0] if len(targets) == 1 else targets)
-      used.update(targets)
-    else:
-      spec.append(None)
+    targets = tuple(t for t in mesh_axes(name, mesh) if t not in used)
+    while targets and size % math.prod(mesh.shape[t] for t in targets):
+      targets = targets[:-1]
+    spec.append((targets[0] if len(targets) == 1 else targets) if targets else None)
+    used.update(targets)
   return PartitionSpec(*spec)
 
 
@@ -153,6 +201,20 @@ def placer(mesh: Mesh):
   def place(path, array):
     return jax.device_put(array, NamedSharding(mesh, partition_spec(logical_axes(path, array.shape), array.shape, mesh)))
   return place
+
+
+def constrain(x, *axes):
+  """`x` pinned to the logical `axes` (one name or None per dimension) on the mesh in context
+  (`with jax.set_mesh(mesh):`, a `(data, fsdp, context, tensor)` mesh of more than one device);
+  `x` unchanged when there is none. None (and a name whose mesh axes have one device) means
+  replicated; a name whose mesh axes do not divide the dimension leaves it to XLA."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1 or tuple(mesh.axis_names) != AXES:
+    return x
+  # An axis its mesh axes cannot split (a batch of 8 over 64 devices) is left to XLA, not replicated.
+  spec = [PartitionSpec.UNCONSTRAINED if s is None and mesh_axes(name, mesh) else s
+          for name, s in zip(axes, partition_spec(axes, x.shape, mesh))]
+  return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, batch: int) -> NamedSharding:

@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec
@@ -51,79 +50,38 @@ def test_logical_axes_and_partition_specs():
   assert partition_spec(("layers", "embed", "heads"), (2, 24, 3), mesh) == PartitionSpec(None, "fsdp", None)
 
 
-SCRIPT = textwrap.dedent('''
-    import sys
-    sys.path[:0] = [".", "tests"]
-    import jax, jax.numpy as jnp, numpy as np
-    from flax import nnx
-    jax.config.update("jax_default_matmul_precision", "highest")
-    import t2vu_jax
-    from conftest import build_diffusers_transformer, TINY
-    from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig
-    from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step
-    from t2vu_jax.models.erasers import EraserConfig, attach_erasers, EraserParam
-    from t2vu_jax.sharding import MeshConfig, make_mesh, shard_module
-    assert len(jax.devices()) == 8
-    config = dict(TINY, num_attention_heads=2, attention_head_dim=16, text_dim=16, ffn_dim=64)
-    path = sys.argv[1]
-    build_diffusers_transformer(config).save_pretrained(path)
-    rng = np.random.default_rng(0)
-    f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-    batch = ErasureBatch(f(2, 4, 3, 4, 6), jnp.array([700., 200.]), jnp.array([.7, .2]), f(2, 9, 16), f(2, 9, 16),
-                         jnp.zeros((2, 9)).at[:, 2:4].set(1.0), f(2, 4, 3, 4, 6), jnp.array([300., 900.]), f(2, 9, 16))
+def test_batch_splits_over_the_leading_mesh_axes_that_divide_it():
+  mesh = AbstractMesh((2, 4, 1, 1), AXES)
+  assert partition_spec(("batch", None), (8, 5), mesh) == PartitionSpec(("data", "fsdp"), None)
+  assert partition_spec(("batch", None), (2, 5), mesh) == PartitionSpec("data", None)   # data alone divides 2
+  assert partition_spec(("batch", None), (3, 5), mesh) == PartitionSpec(None, None)
 
-    def run(mesh):
-      model = attach_erasers(t2vu_jax.load_transformer(path, "float32", progress=False), EraserConfig(rank=8))
-      rng_e = np.random.default_rng(1)
-      model.erasers.up_w[...] = jnp.asarray(0.1 * rng_e.standard_normal(model.erasers.up_w.shape), jnp.float32)
-      if mesh is not None:
-        shard_module(model, mesh)
-      tx = make_optimizer(OptimConfig(learning_rate=1e-2))
-      graphdef, state = init_train_state(model, tx)
-      step = make_train_step(graphdef, tx, ObjectiveConfig(lambda_loc=1.0, lambda_pre=1.0))
-      losses = []
-      for i in range(2):
-        state, metrics = step(state, batch, jax.random.key(i))
-        losses.append(float(metrics["loss"]))
-      return state, losses
 
-    ref_state, ref_losses = run(None)
-    for spec in ("8x1x1x1", "1x8x1x1", "2x2x1x2", "1x2x2x2"):
-      mesh = make_mesh(MeshConfig.parse(spec), num_heads=2)
-      state, losses = run(mesh)
-      q = state.base["blocks"]["attn1"]["to_q"]["kernel"][...]
-      down = state.erasers["erasers"]["down_w"][...]
-      assert len(q.sharding.device_set) == 8
-      fsdp, tensor = mesh.shape["fsdp"], mesh.shape["tensor"]
-      if fsdp > 1:
-        assert q.sharding.spec[1] == "fsdp" and down.sharding.spec[1] == "fsdp", (spec, q.sharding, down.sharding)
-      if tensor > 1:
-        assert q.sharding.spec[2] == "tensor", (spec, q.sharding)
-      if fsdp > 1 or tensor > 1:
-        assert q.addressable_shards[0].data.size < q.size  # really split, not replicated
-      np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, err_msg=spec)
-      for (p, a), (_, b) in zip(nnx.to_flat_state(state.erasers), nnx.to_flat_state(ref_state.erasers)):
-        np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), atol=2e-6, err_msg=f"{spec} {p}")
-      print(spec, "ok", losses)
-
-    # Loading straight into shardings, from a diffusers directory and from our Flax format.
-    from convert.flax_checkpoint import save_flax_transformer
-    mesh = make_mesh(MeshConfig.parse("1x4x1x2"), num_heads=2)
-    plain = t2vu_jax.load_transformer(path, "float32", progress=False)
-    save_flax_transformer(plain, path + "_flax")
-    x, t, text = batch.x_t, batch.t, batch.cond
-    for source in (path, path + "_flax"):
-      sharded = t2vu_jax.load_transformer(source, "float32", progress=False, mesh=mesh)
-      q = sharded.blocks.attn1.to_q.kernel[...]
-      assert tuple(q.sharding.spec) == (None, "fsdp", "tensor") and q.addressable_shards[0].data.shape == (2, 8, 16), q.sharding
-      np.testing.assert_allclose(np.asarray(sharded(x, t, text)), np.asarray(plain(x, t, text)), atol=1e-5)
-      print("load", "ok")
-''')
+def test_activation_constraints_only_under_a_mesh_in_context():
+  import jax
+  import jax.numpy as jnp
+  from t2vu_jax.sharding import constrain
+  f = lambda x: constrain(x, "batch", "tokens", None) * 2
+  constraints = lambda jaxpr: [e.params["sharding"].spec for e in jaxpr.eqns if e.primitive.name == "sharding_constraint"]
+  x = jnp.zeros((4, 6, 8))
+  assert constraints(jax.make_jaxpr(f)(x)) == []
+  with jax.sharding.use_abstract_mesh(AbstractMesh((2, 2, 2, 1), AXES)):
+    assert constraints(jax.make_jaxpr(f)(x)) == [PartitionSpec(("data", "fsdp"), "context", None)]
+    # A batch of 3 fits neither data nor fsdp: left to XLA rather than replicated.
+    assert constraints(jax.make_jaxpr(f)(jnp.zeros((3, 6, 8)))) == [
+        PartitionSpec(PartitionSpec.UNCONSTRAINED, "context", None)]
+  with jax.sharding.use_abstract_mesh(AbstractMesh((2, 4, 1, 1), AXES)):  # context of 1: tokens replicated
+    assert constraints(jax.make_jaxpr(f)(x)) == [PartitionSpec("data", None, None)]
+  with jax.sharding.use_abstract_mesh(AbstractMesh((1, 1, 1, 1), AXES)):  # one device: nothing to constrain
+    assert constraints(jax.make_jaxpr(f)(x)) == []
 
 
 def test_sharded_erasure_steps_equal_single_device(tmp_path):
+  """tests/sharded_steps.py on 8 simulated devices: the steps on meshes 8x1x1x1, 1x8x1x1, 2x2x1x2 and
+  1x2x2x2 (activation constraints on) equal one device's, and loading into shardings is exact."""
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "transformer")], cwd=ROOT, env=env,
+  result = subprocess.run([sys.executable, os.path.join("tests", "sharded_steps.py"), str(tmp_path / "transformer"),
+                           "--meshes", "8x1x1x1,1x8x1x1,2x2x1x2,1x2x2x2", "--loading"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-4000:]
   assert result.stdout.count(" ok ") == 4 and result.stdout.count("load ok") == 2, result.stdout

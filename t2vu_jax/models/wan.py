@@ -3,7 +3,9 @@
 Computes exactly what diffusers' `WanTransformer3DModel` computes (see DESIGN §3). Attribute names
 follow diffusers so that weight conversion is a declarative table (`convert/wan_keys.py`).
 Blocks are stacked along a leading layer axis and run with `nnx.scan`; `scan_layers=False` runs the
-same stacked parameters layer by layer for debugging.
+same stacked parameters layer by layer for debugging. Under a mesh in context (`jax.set_mesh`) the
+video tokens are pinned to their sharding (`t2vu_jax.sharding.constrain`) after the patch embedding
+and at every block boundary; without one nothing changes.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from t2vu_jax.attention import check_backend, concept_attention, dot_product_attention
+from t2vu_jax.sharding import constrain
 
 F32 = jnp.float32
 
@@ -363,10 +366,11 @@ class WanTransformer(nnx.Module):
 
     x = jnp.transpose(hidden_states, (0, 2, 3, 4, 1)).astype(self.dtype)  # channels-last
     x = self.patch_embedding(x[:, :gf * pt, :gh * ph, :gw * pw]).reshape(b, gf * gh * gw, cfg.dim)
+    x = constrain(x, "batch", "tokens", None)
 
     timestep = jnp.broadcast_to(jnp.asarray(timestep), (b,))
     temb, timestep_proj, context = self.condition_embedder(timestep, encoder_hidden_states)
-    context = context.astype(self.dtype)
+    context = constrain(context.astype(self.dtype), "batch", None, None)
     rope = rope_tables(cfg, gf, gh, gw)
 
     eraser_stack = self.erasers if erasers else None
@@ -392,8 +396,9 @@ class WanTransformer(nnx.Module):
       layers["loc_mask"] = loc_masks
 
     def body(x, layer):
-      return layer["block"](x, context, timestep_proj, rope, backend, layer.get("eraser"), concept_mask,
-                            layer.get("loc_mask"))
+      x, aux = layer["block"](constrain(x, "batch", "tokens", None), context, timestep_proj, rope, backend,
+                              layer.get("eraser"), concept_mask, layer.get("loc_mask"))
+      return constrain(x, "batch", "tokens", None), aux
 
     policy = REMAT_POLICIES[self.remat]
     if self.remat != "none":
