@@ -84,8 +84,8 @@ def sample(model: WanTransformer, scheduler: schedulers.Scheduler, latents, cond
     x, state = carry
     v = cfg_velocity(velocity, x.astype(dtype), timesteps[i], cond, uncond, guidance, **model_kwargs)
     x, state = scheduler.step(state, v.astype(jnp.float32), x)
-    if on_step is not None:
-      jax.debug.callback(on_step, i, ordered=True)
+    if on_step is not None:  # unordered: ordered callbacks cannot run in a program over several devices
+      jax.debug.callback(on_step, i)
     return x, state
 
   latents = latents.astype(jnp.float32)
@@ -105,9 +105,13 @@ class WanPipeline:
   scheduler_config: dict
   embedding_cache: text.EmbeddingCache | None = None
 
+  @property
+  def text_length(self) -> int:
+    return text.text_length(self.tokenizer)
+
   def encode(self, prompts: list[str], progress: bool = False) -> jax.Array:
-    return text.encode_prompts(self.text_encoder, self.tokenizer, prompts, cache=self.embedding_cache,
-                               progress=progress)
+    return text.encode_prompts(self.text_encoder, self.tokenizer, prompts, self.text_length,
+                               cache=self.embedding_cache, progress=progress)
 
   def scheduler(self, steps: int, shift: float | None = None, name: str | None = None) -> schedulers.Scheduler:
     """The checkpoint's scheduler (or `name`: "unipc" | "euler") for `steps` steps and `shift`."""
@@ -118,6 +122,9 @@ class WanPipeline:
 
   def decode(self, latents) -> np.ndarray:
     """Latents (B, C, T, H, W) -> float frames (B, F, H, W, 3) in [0, 1]."""
+    if isinstance(latents, jax.Array) and not latents.is_fully_addressable:  # split across processes
+      from t2vu_jax.sharding import to_host
+      latents = to_host(latents)
     latents = jnp.asarray(latents, jnp.float32)
     if self.vae is None:
       return np.asarray(_pixels_to_frames(latents))

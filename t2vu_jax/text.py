@@ -20,8 +20,15 @@ from tqdm.auto import tqdm
 
 from convert.streaming import CheckpointError, component_dir
 from t2vu_jax.models.umt5 import UMT5Encoder
+from t2vu_jax.sharding import to_host
 
 MAX_LENGTH = 512
+
+
+def text_length(tokenizer) -> int:
+  """Tokens every prompt is padded to: Wan's 512, or fewer when the tokenizer declares a shorter
+  `model_max_length` (the toy world's 16-token prompts need no 512-token context)."""
+  return min(MAX_LENGTH, int(getattr(tokenizer, "model_max_length", MAX_LENGTH)))
 
 
 def clean_prompt(text: str) -> str:
@@ -150,7 +157,7 @@ def encode_prompts(encoder: UMT5Encoder, tokenizer, prompts: list[str] | str, ma
     n = len(todo[rows])
     pad = batch_size - n if len(todo) > batch_size else 0  # one compiled shape for every batch
     batch_ids, batch_mask = (np.pad(a[rows], ((0, pad), (0, 0))) for a in (ids, mask))
-    hidden = np.asarray(_encode(encoder, jnp.asarray(batch_ids), jnp.asarray(batch_mask)))[:n]
+    hidden = to_host(_encode(encoder, jnp.asarray(batch_ids), jnp.asarray(batch_mask)))[:n]  # gathered when split across processes
     for j, i in enumerate(todo[rows]):
       out[i] = hidden[j]
       if cache:

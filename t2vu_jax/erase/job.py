@@ -4,6 +4,12 @@ Everything a run writes lives under its run directory: the resolved config, prom
 training metrics (JSONL), Orbax checkpoints of the erasers, exports, sample videos and the report.
 A stage that finished leaves a marker in `stages/`, so rerunning the same command resumes where it
 stopped; the erase stage also resumes from its latest checkpoint.
+
+In a multi-process run (one process per host, `t2vu_jax.sharding.initialize_distributed`) every
+process runs every stage, since the sharded computations need all of them, but only process 0
+writes files (config, embeddings, metrics, TensorBoard, exports, samples, evaluation, report, stage
+markers) and prints; Orbax checkpoints are written by all together. The processes meet at the end
+of each stage, so the run directory must be on a filesystem they share.
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ from configs.base import STAGES
 
 VIDEO_MULTIPLE = 16
 EXPORT_FORMATS = ("adapter", "lora", "merged")
-SCORERS = ("none", "nudenet")
+SCORERS = ("none", "nudenet", "toy")
+SHEET_PROMPTS = 4  # evaluation prompts in the report's contact sheet (base and erased rows each)
 
 
 class ConfigError(ValueError):
@@ -90,6 +97,13 @@ def validate(config) -> list[str]:
     _fail("prompts.evaluate", "is empty; the evaluate stage needs prompts disjoint from training")
   if config.eval.scorer not in SCORERS:
     _fail("eval.scorer", f"{config.eval.scorer!r} is unknown; choose from {list(SCORERS)}")
+  if config.eval.scorer == "toy" and "evaluate" in stages and config.prompts.erase:
+    from t2vu_jax.erase.prompts import load_pools
+    from t2vu_jax.toy.metrics import erased_concept
+    try:
+      erased_concept(load_pools(_paths(config.prompts.erase)).concepts)
+    except ValueError as e:
+      _fail("eval.scorer", f"'toy' scores toy-world runs only: {e}")
   for field in ("num_prompts", "seeds", "steps", "score_every"):
     if config.eval[field] < 1:
       _fail(f"eval.{field}", f"must be >= 1, got {config.eval[field]}")
@@ -109,6 +123,33 @@ def trainable(state) -> dict:
   return {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
 
 
+class MetricsLog:
+  """Training metrics as `metrics.jsonl` lines and TensorBoard scalars (`erase/<name>`); a no-op on
+  processes other than process 0."""
+
+  def __init__(self, run_dir: str, enabled: bool):
+    self.file = self.board = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+      self.board = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    if self.file is None:
+      return
+    values = {k: float(v) for k, v in metrics.items()}
+    self.file.write(json.dumps({"step": step, **values}) + "\n")
+    self.file.flush()
+    for name, value in values.items():
+      self.board.add_scalar(f"erase/{name}", value, step)
+    self.board.flush()
+
+  def close(self) -> None:
+    if self.file is not None:
+      self.file.close()
+      self.board.close()
+
+
 def _settings(config, group: str) -> dict:
   d = config[group].to_dict()
   if group == "eraser" and not d.get("alpha"):
@@ -116,14 +157,33 @@ def _settings(config, group: str) -> dict:
   return d
 
 
+def _toy_table(evaluation: dict) -> list[str]:
+  """Report lines of a toy run's scores (`t2vu_jax.toy.metrics.prompt_scores` per model)."""
+  kind, value = evaluation["concept"]
+  pct = lambda x: "–" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+  any_scores = next(iter(evaluation["aggregate"].values()))
+  others = list(any_scores["attributes"] or {"": None})
+  lines = [f"Erased {kind} `{value}`: ESR = share of the {any_scores['erased_prompts']} prompts naming it whose "
+           f"video does not show it; PSR = {kind} accuracy on the {any_scores['other_prompts']} prompts naming "
+           f"another {kind}; the other attributes' accuracy on the prompts naming `{value}`.", "",
+           "| model | ESR | PSR | " + " | ".join(others) + " |", "|---|---|---|" + "---|" * len(others)]
+  for name, a in evaluation["aggregate"].items():
+    attrs = a["attributes"] or {}
+    lines.append(f"| {name} | {pct(a['esr'])} | {pct(a['psr'])} | "
+                 + " | ".join(pct(attrs.get(k)) for k in others) + " |")
+  return lines
+
+
 class ErasureJob:
   """Runs the stages of one config; each stage reads what earlier ones wrote under `run_dir`."""
 
   def __init__(self, config, progress: bool = True):
+    from t2vu_jax.sharding import is_primary
     self.config = config
     self.stages = validate(config)
     self.run_dir = config.workdir or os.path.join("runs", config.name)
-    self.progress = progress
+    self.primary = is_primary()  # the process that writes files and prints (process 0)
+    self.progress = progress and self.primary
     os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
     self.pipe = None
     self.erased = None  # the trained model, once the erase stage ran or a checkpoint was restored
@@ -137,22 +197,30 @@ class ErasureJob:
     return os.path.exists(self.path("stages", stage))
 
   def mark(self, stage: str, info: dict) -> None:
-    with open(self.path("stages", stage), "w") as f:
-      json.dump(info, f, indent=2)
+    if self.primary:
+      with open(self.path("stages", stage), "w") as f:
+        json.dump(info, f, indent=2)
+
+  def log(self, message: str) -> None:
+    if self.primary:
+      print(message, flush=True)
 
   def run(self) -> dict:
-    with open(self.path("config.json"), "w") as f:
-      f.write(self.config.to_json_best_effort(indent=2))
+    from t2vu_jax.sharding import sync_processes
+    if self.primary:
+      with open(self.path("config.json"), "w") as f:
+        f.write(self.config.to_json_best_effort(indent=2))
     summary = {}
     for stage in self.stages:
       if self.done(stage):
-        print(f"[{stage}] already done, skipping")
+        self.log(f"[{stage}] already done, skipping")
         continue
       start = time.time()
-      print(f"[{stage}]")
+      self.log(f"[{stage}]")
       info = getattr(self, f"stage_{stage}")() or {}
       info["seconds"] = round(time.time() - start, 2)
       self.mark(stage, info)
+      sync_processes(f"stage {stage}")  # what process 0 wrote is there before any process goes on
       summary[stage] = info
     return summary
 
@@ -191,9 +259,10 @@ class ErasureJob:
     preserve = list(prompts.preserve.entries) if prompts.preserve else []
     texts = [e.prompt for e in erase + preserve] + [""]
     embeddings = np.asarray(pipe.encode(texts, progress=self.progress))
-    np.savez(self.path("embeddings.npz"), erase=embeddings[:len(erase)],
-             preserve=embeddings[len(erase):-1], empty=embeddings[-1],
-             concept_mask=token_spans(pipe.tokenizer, erase))
+    if self.primary:
+      np.savez(self.path("embeddings.npz"), erase=embeddings[:len(erase)],
+               preserve=embeddings[len(erase):-1], empty=embeddings[-1],
+               concept_mask=token_spans(pipe.tokenizer, erase, pipe.text_length))
     return {"erase_prompts": len(erase), "preserve_prompts": len(preserve), "concepts": list(prompts.concepts)}
 
   def latent_shape(self, batch: int):
@@ -221,36 +290,28 @@ class ErasureJob:
     start, restored = checkpoints.restore_latest(trainable(state))
     if restored is not None:
       state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
-      print(f"resuming erasure from step {start}")
+      self.log(f"resuming erasure from step {start}")
 
     empty = jnp.asarray(data["empty"])[None]
-    metrics_file = open(self.path("metrics.jsonl"), "a")
-    from tensorboardX import SummaryWriter
-    board = SummaryWriter(self.path("tensorboard"))
+    log = MetricsLog(self.run_dir, enabled=self.primary)
     key = jax.random.key(c.seed)
-    with preemption_guard() as preemption:
+    # The mesh in context turns on the model's activation sharding constraints.
+    with preemption_guard() as preemption, jax.set_mesh(self.mesh):
       for step in tqdm(range(start, optim.total_steps), desc="erasing", initial=start, total=optim.total_steps,
                        disable=not self.progress):
         state, metrics = self._erase_step(step_fn, state, data, prompts, index, pre_index, empty, key, step)
         last = step + 1 == optim.total_steps
         if (step + 1) % c.log_every == 0 or last:
-          values = {k: float(v) for k, v in metrics.items()}
-          metrics_file.write(json.dumps({"step": step + 1, **values}) + "\n")
-          metrics_file.flush()
-          for name, value in values.items():
-            board.add_scalar(f"erase/{name}", value, step + 1)
-          board.flush()
+          log.write(step + 1, metrics)
         if (step + 1) % c.checkpoint_every == 0 or last or preemption["requested"]:
           checkpoints.save(step + 1, trainable(state))
         if preemption["requested"] and not last:
           checkpoints.wait()
-          metrics_file.close()
-          board.close()
-          print(f"preempted: saved step {step + 1}; rerun the same command to resume")
+          log.close()
+          self.log(f"preempted: saved step {step + 1}; rerun the same command to resume")
           raise Preempted(step + 1)
     checkpoints.wait()
-    metrics_file.close()
-    board.close()
+    log.close()
     from flax import nnx
     self.erased = nnx.merge(graphdef, state.erasers, state.base)
     return {"steps": optim.total_steps, "resumed_from": start}
@@ -281,7 +342,15 @@ class ErasureJob:
     shard_module(model, self.mesh)  # the fresh erasers join the base weights on the mesh
     optim = OptimConfig(**_settings(c, "optim"))
     tx = make_optimizer(optim)
-    return (optim, tx, *init_train_state(model, tx))
+    graphdef, state = init_train_state(model, tx)
+    # Scalars (step, Adam's count) replicated on the mesh, where the step returns them: otherwise the
+    # second step sees new input shardings and compiles again.
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    on_mesh = lambda x: jax.device_put(x, replicated) if x.ndim == 0 else x  # noqa: E731
+    state = state._replace(step=on_mesh(state.step), opt_state=jax.tree.map(on_mesh, state.opt_state))
+    return optim, tx, graphdef, state
 
   def erased_model(self):
     """The pipeline's transformer with the erasers of the latest checkpoint."""
@@ -295,19 +364,35 @@ class ErasureJob:
       self.erased = nnx.merge(graphdef, restored["erasers"], state.base)
     return self.erased
 
+  def host_model(self, with_base: bool):
+    """The erased model with its erasers (and, `with_base`, its base weights) as arrays on this host:
+    gathered from every process in a multi-process run (all must call this); else the model itself."""
+    import jax
+    model = self.erased_model()
+    if jax.process_count() == 1:
+      return model
+    from flax import nnx
+    from t2vu_jax.models.erasers import EraserParam
+    from t2vu_jax.sharding import to_host
+    graphdef, erasers, base = nnx.split(model, EraserParam, ...)
+    return nnx.merge(graphdef, to_host(erasers), to_host(base) if with_base else base)
+
   def stage_export(self):
     from convert import export_erasers
-    model = self.erased_model()
+    formats = _paths(self.config.export.formats)
+    model = self.host_model(with_base="merged" in formats)
     out = {}
-    for kind in _paths(self.config.export.formats):
+    for kind in formats:
       target = self.path("export", kind)
+      out[kind] = os.path.relpath(target, self.run_dir)
+      if not self.primary:
+        continue
       if kind == "merged":
         export_erasers.export_merged(model, target, dtype=self.config.export.dtype, overwrite=True,
                                      progress=self.progress)
       else:
         {"adapter": export_erasers.export_adapter, "lora": export_erasers.export_lora}[kind](
             model, target, overwrite=True)
-      out[kind] = os.path.relpath(target, self.run_dir)
     return out
 
   def eval_prompts(self) -> list[tuple[str, int]]:
@@ -330,39 +415,64 @@ class ErasureJob:
     """The evaluation prompts through the base and the erased model on the same seeds: videos, and
     scores when a scorer is configured (NudeNet for nudity)."""
     import dataclasses
+    import jax
     from t2vu_jax.generate import write_video
     c = self.config
     pipe = self.pipeline()
     models = {"base": pipe, "erased": dataclasses.replace(pipe, transformer=self.erased_model())}
-    scorer = None
+    scorer = toy = None
     if c.eval.scorer == "nudenet":
       from t2vu_jax.evaluate import NudityScorer
       scorer = NudityScorer(every=c.eval.score_every)
+    elif c.eval.scorer == "toy":
+      from t2vu_jax.toy.classifier import classify
+      from t2vu_jax.toy.metrics import erased_concept
+      toy = erased_concept(self.prompt_set().concepts)  # (kind, value) the run erases
+    from t2vu_jax.evaluate.sheet import contact_sheet, thumbnails
     os.makedirs(self.path("samples"), exist_ok=True)
-    rows, scores = [], {name: [] for name in models}
+    rows, scores, sheet = [], {name: [] for name in models}, []
     for n, (prompt, seed) in enumerate(tqdm(self.eval_prompts(), desc="evaluating", disable=not self.progress)):
       row = {"prompt": prompt, "seed": seed}
       for name, model in models.items():
-        frames = model.generate(prompt, height=c.eval.height, width=c.eval.width, num_frames=c.eval.frames,
-                                steps=c.eval.steps, guidance=c.eval.guidance, seed=seed, progress=False,
-                                erasers=name == "erased")[0]
+        with jax.set_mesh(self.mesh):
+          frames = model.generate(prompt, height=c.eval.height, width=c.eval.width, num_frames=c.eval.frames,
+                                  steps=c.eval.steps, guidance=c.eval.guidance, seed=seed, progress=False,
+                                  erasers=name == "erased")[0]
         path = self.path("samples", f"{n:03d}_seed{seed}_{name}.mp4")
-        write_video(path, frames, c.eval.fps)
         row[name] = os.path.relpath(path, self.run_dir)
+        if not self.primary:  # every process samples (the model is sharded); process 0 writes and scores
+          continue
+        write_video(path, frames, c.eval.fps)
         if scorer is not None:
           score = scorer.score_video(frames)
           scores[name].append(score)
           row[f"{name}_score"] = score.to_dict()
+        if toy is not None:
+          reading = classify(frames)
+          scores[name].append(reading)
+          row[f"{name}_reading"] = {k: getattr(reading, k) for k in ("colour", "shape", "motion")}
+        if n < SHEET_PROMPTS:
+          sheet.append((thumbnails(frames), f"{name} | seed {seed} | {prompt}"))
       rows.append(row)
     result = {"scorer": c.eval.scorer, "videos": rows}
-    if scorer is not None:
-      from t2vu_jax.evaluate import aggregate
-      result["aggregate"] = {name: aggregate(s).to_dict() for name, s in scores.items()}
-    with open(self.path("evaluation.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    if self.primary:
+      if scorer is not None:
+        from t2vu_jax.evaluate import aggregate
+        result["aggregate"] = {name: aggregate(s).to_dict() for name, s in scores.items()}
+      if toy is not None:
+        from t2vu_jax.toy.metrics import prompt_scores
+        result["concept"] = list(toy)
+        result["aggregate"] = {name: prompt_scores([r["prompt"] for r in rows], s, *toy)
+                               for name, s in scores.items()}
+      videos, labels = zip(*sheet)
+      contact_sheet(videos, labels, self.path("contact_sheet.png"), scale=max(1, 96 // videos[0].shape[1]))
+      with open(self.path("evaluation.json"), "w") as f:
+        json.dump(result, f, indent=2)
     return {"videos": 2 * len(rows), "scorer": c.eval.scorer}
 
   def stage_report(self):
+    if not self.primary:
+      return {"report": "report.md"}
     metrics = []
     if os.path.exists(self.path("metrics.jsonl")):
       with open(self.path("metrics.jsonl")) as f:
@@ -382,11 +492,18 @@ class ErasureJob:
       lines += ["", "| step | loss | L_u | L_loc | L_pre | mask coverage |", "|---|---|---|---|---|---|"]
       lines += [f"| {m['step']} | {m['loss']:.4g} | {m['l_u']:.4g} | {m['l_loc']:.4g} | {m['l_pre']:.4g} | "
                 f"{m['mask_coverage']:.3f} |" for m in metrics]
-    if evaluation and evaluation.get("aggregate"):
-      lines += ["", f"Evaluation ({evaluation['scorer']}, {len(evaluation['videos'])} videos per model):", "",
-                "| model | video-level rate | mean frame-level rate |", "|---|---|---|"]
+    if evaluation:
+      lines += ["", f"Evaluation ({evaluation['scorer']}, {len(evaluation['videos'])} videos per model; "
+                "samples in `samples/`):", ""]
+    if evaluation and evaluation.get("aggregate") and evaluation["scorer"] == "nudenet":
+      lines += ["| model | video-level rate | mean frame-level rate |", "|---|---|---|"]
       lines += [f"| {name} | {a['video_rate']:.3f} | {a['mean_frame_rate']:.3f} |"
                 for name, a in evaluation["aggregate"].items()]
+    if evaluation and evaluation.get("aggregate") and evaluation["scorer"] == "toy":
+      lines += _toy_table(evaluation)
+    if os.path.exists(self.path("contact_sheet.png")):
+      lines += ["", "First evaluation prompts, base and erased model on the same seed:", "",
+                "![contact sheet](contact_sheet.png)"]
     with open(self.path("report.md"), "w") as f:
       f.write("\n".join(lines) + "\n")
     return {"report": "report.md"}
