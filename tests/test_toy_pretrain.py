@@ -6,8 +6,7 @@ from flax import nnx
 from t2vu_jax.pipeline import load_pipeline
 from t2vu_jax.toy import pretrain as P
 
-# Short text so the test is fast; the shipped model trains at the pipeline's 512.
-CFG = P.TrainConfig(steps=3, batch=4, text_len=16, warmup=1)
+CFG = P.TrainConfig(steps=3, batch=4, warmup=1)
 
 
 def _params(model):
@@ -20,7 +19,7 @@ def test_loss_decreases_on_a_fixed_batch():
   opt = P.make_optimizer(model, CFG)  # the same optimizer object as `pretrain`: one compilation
   x0, ids, mask = P.batch(tokenizer, 0, 0, CFG)
   key = jax.random.key(0)  # same noise every step: the loss is a function of the parameters only
-  losses = [float(P.train_step(model, opt, x0, ids, mask, key, 16)) for _ in range(8)]
+  losses = [float(P.train_step(model, opt, x0, ids, mask, key, CFG.sigma_shift)) for _ in range(8)]
   assert losses[-1] < 0.8 * losses[0], losses
 
 

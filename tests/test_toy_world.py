@@ -54,7 +54,7 @@ def test_classifier_is_robust_to_noise_blur_and_dimming():
 
 
 def test_classifier_says_none_and_other():
-  scene = world.Scene("red", "cross", "right", 2, 3)
+  scene = world.Scene("red", "cross", "right", 0, 3)
   empty = classifier.classify(np.full((5, 16, 16, 3), -0.8, np.float32))  # the background alone
   assert (empty.colour, empty.shape, empty.motion, empty.visible, empty.ok) == ("none", "none", "none", 0, False)
   grey = world.render(scene)
@@ -67,7 +67,7 @@ def test_classifier_says_none_and_other():
   assert (r.colour, r.shape, r.motion) == ("red", "other", "still")
   diagonal = np.full((5, 16, 16, 3), -0.8, np.float32)
   for t in range(5):
-    diagonal[t, 2 + t:9 + t, 2 + t:9 + t] = world.render(scene)[0, 3, 4]
+    diagonal[t, 1 + 2 * t:8 + 2 * t, 1 + 2 * t:8 + 2 * t] = world.render(scene)[0, 3, 4]
   assert classifier.classify(diagonal).motion == "other"
   once = np.full((5, 16, 16, 3), -0.8, np.float32)
   once[2] = world.render(scene)[0]
@@ -119,7 +119,7 @@ def test_render_is_exact_and_scenes_stay_inside():
     for where, rgb in ((mask, world.COLOURS[s.colour]), (~mask, world.BACKGROUND)):
       np.testing.assert_array_equal(v[where], np.tile((np.array(rgb) * 2 - 1).astype(np.float32), (where.sum(), 1)))
     dx, dy = world.MOTIONS[s.motion]
-    np.testing.assert_array_equal(s.corners(9)[-1] - s.corners(9)[0], [8 * dx, 8 * dy])
+    np.testing.assert_array_equal(s.corners(9)[-1] - s.corners(9)[0], [8 * world.SPEED * dx, 8 * world.SPEED * dy])
   with pytest.raises(ValueError, match="leaves the 16x16 frame"):
     world.render(world.Scene("red", "square", "left", 2, 0))
   with pytest.raises(ValueError, match="unknown colour 'orange'"):
@@ -200,3 +200,15 @@ def test_tokenizer_round_trip_and_concept_spans(tmp_path):
              for k in world.KINDS}
   lengths = [len(tokenizer(world.compose(i, longest).text)["input_ids"]) for i in range(len(world.TEMPLATES))]
   assert max(lengths) == MAX_PROMPT_TOKENS
+
+
+def test_read_prompt_inverts_every_template_and_wording():
+  _, prompts, scenes = world.dataset(5, 500)
+  for p, s in zip(prompts, scenes):
+    assert world.read_prompt(p) == {k: s.value(k) for k in world.KINDS}, p
+  assert world.read_prompt("A Plus Sign in jade, heading west") == {"colour": "green", "shape": "cross",
+                                                                    "motion": "left"}
+  with pytest.raises(ValueError, match=r"names several \(\['blue', 'red'\]\) colour"):
+    world.read_prompt("a red blue square moving up")
+  with pytest.raises(ValueError, match="names no shape"):
+    world.read_prompt("a red thing moving up")

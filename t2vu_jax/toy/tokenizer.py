@@ -15,6 +15,7 @@ from t2vu_jax.toy.world import TEMPLATES, WORDINGS
 SPECIALS = ("<pad>", "</s>", "<unk>")
 PUNCTUATION = ",.:;!?'-"
 MAX_PROMPT_TOKENS = 15  # the longest toy-world prompt, </s> included
+TEXT_LENGTH = 16  # the tokenizer's model_max_length: what pipelines pad the toy prompts to
 
 
 def vocabulary() -> list[str]:
@@ -43,4 +44,4 @@ def build_toy_tokenizer():
   tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                      special_tokens=[("</s>", 1)])
   return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
-                                              unk_token="<unk>", model_max_length=512)
+                                              unk_token="<unk>", model_max_length=TEXT_LENGTH)

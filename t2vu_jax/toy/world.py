@@ -1,7 +1,7 @@
 """The toy world: one coloured shape moving over a dark background, and the prompts that describe it.
 
 A scene is (colour, shape, motion, x0, y0): a 7x7 shape whose bounding box starts at column x0, row y0
-and moves `SPEED` pixel per frame in its direction (rows grow downward, so "up" decreases y). Renders
+and moves `SPEED` pixels per frame in its direction (rows grow downward, so "up" decreases y). Renders
 are exact (no anti-aliasing), float32 RGB in [-1, 1] as the model sees them, default 5 frames of 16x16.
 
 Every attribute value has several wordings; the last one (`HELD_OUT`) is never used in erasure
@@ -18,7 +18,7 @@ import numpy as np
 FRAMES = 5  # 4k + 1 like Wan
 SIZE = 16   # divisible by the DiT patch 2
 OBJECT = 7  # side of every shape's bounding box, in pixels
-SPEED = 1   # pixels per frame
+SPEED = 2   # pixels per frame: a clear move between frames, not a one-pixel edge flicker
 KINDS = ("colour", "shape", "motion")
 
 BACKGROUND = (0.1, 0.1, 0.1)  # RGB in [0, 1]
@@ -103,6 +103,24 @@ def value_of(kind: str, phrase: str) -> str:
 def is_held_out(kind: str, phrase: str) -> bool:
   """Whether a wording is held out of erasure training."""
   return phrase in WORDINGS[kind][value_of(kind, phrase)][1]
+
+
+def read_prompt(text: str) -> dict[str, str]:
+  """kind -> value named in a toy-world prompt (the inverse of `compose`, wording- and template-blind).
+
+  Each kind's wordings are matched as whole words, longest first ("plus sign" before "plus").
+  """
+  words = f" {re.sub(r'[^a-z]+', ' ', text.lower()).strip()} "
+  out = {}
+  for kind in KINDS:
+    phrases = sorted(((p, v) for v, (train, held) in WORDINGS[kind].items() for p in train + held),
+                     key=lambda pv: -len(pv[0]))
+    found = {v for p, v in phrases if f" {p} " in words}
+    if len(found) != 1:
+      what = "no" if not found else f"several ({sorted(found)})"
+      raise ValueError(f"prompt {text!r} names {what} {kind} of the toy world")
+    out[kind] = found.pop()
+  return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,478 @@
+"""Toy-world erasure experiments (DESIGN §8): erase one attribute value of a pretrained toy pipeline
+and score the result with the exact classifier.
+
+  python -m t2vu_jax.toy.experiments --model DIR --out docs/toy_results.md [--quick]
+
+For each concept (kind, value), e.g. ("colour", "red"):
+  training prompts  erase: the value with its training wordings, over every template; preserve: the
+                    other values of the same kind (training wordings); no-augmentation ablation: one
+                    template and one wording per attribute, over every combination of the other values;
+  evaluation sets   fresh scenes from their own seed streams, prompts disjoint from every training
+                    prompt: (a) the value with training wordings, (b) with its held-out wording,
+                    (c) the other values of the kind (any wording);
+  rows              base model; negative prompting (base model, the value's first training wording as
+                    negative prompt); erased with the full method, without localization (λ_loc = 0),
+                    without preservation (λ_pre = 0, no preservation prompts), without augmentation.
+Every erasure is one `ErasureJob` (stages load, encode, erase) on JSONL pools written from the training
+prompts: the same code path as `run.py`. Every model samples each evaluation set from the same noise.
+Scores are those of `t2vu_jax.toy.metrics`; the localization IoU uses the base model (erasers off) on
+the set-(a) prompts at x_t = (1 − σ) x0 + σ e, x0 the true scene video, σ = `Settings.loc_sigma`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+import numpy as np
+from flax import nnx
+
+from t2vu_jax.toy import metrics, world
+from t2vu_jax.toy.world import KINDS, TEMPLATES, VALUES, Scene
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything an experiment depends on besides the model; the defaults are the toy defaults."""
+  seed: int = 0
+  concepts: tuple[tuple[str, str], ...] = (("colour", "red"), ("shape", "circle"))
+  # training prompts
+  erase_per_wording: int = 2     # erase prompts per (template, training wording)
+  preserve_per_value: int = 12   # preservation prompts per other value of the kind
+  # erasure: one ErasureJob per variant, fp32
+  steps: int = 150
+  learning_rate: float = 1e-3
+  rank: int = 16
+  batch_size: int = 2
+  trajectory_steps: int = 20     # UniPC, on-policy, at the pipeline's flow shift
+  guidance: float = 4.0          # trajectories and evaluation sampling
+  eta: float = 1.0
+  threshold: float = 0.1
+  lambda_loc: float = 1.0
+  lambda_pre: float = 1.0
+  # evaluation
+  eval_videos: int = 40          # per evaluation set
+  sample_steps: int = 20
+  loc_sigma: float = 0.5
+  sheet_scale: int = 6
+
+  def __post_init__(self):
+    for kind, value in self.concepts:
+      world.wordings(kind, value)  # validates both
+    if not self.concepts:
+      raise ValueError("no concept to erase")
+    for name in ("erase_per_wording", "preserve_per_value", "steps", "rank", "batch_size", "eval_videos",
+                 "sample_steps", "sheet_scale"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+QUICK = Settings(concepts=(("colour", "red"),), erase_per_wording=1, preserve_per_value=2, steps=1, rank=4,
+                 batch_size=1, trajectory_steps=2, eval_videos=2, sample_steps=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One erasure configuration; its λs multiply the settings' ones."""
+  name: str
+  loc: bool = True
+  preserve: bool = True
+  augment: bool = True
+
+
+VARIANTS = (Variant("full"), Variant("no localization", loc=False), Variant("no preservation", preserve=False),
+            Variant("no augmentation", augment=False))
+BASELINES = ("base", "negative prompting")
+ROWS = BASELINES + tuple(v.name for v in VARIANTS)
+SETS = ("train", "held_out", "others")
+SET_LABELS = {"train": "(a)", "held_out": "(b)", "others": "(c)"}
+
+
+# -- prompt sets -------------------------------------------------------------------------------------
+
+
+def random_scene(rng: np.random.Generator, fixed: dict[str, str], frames: int = world.FRAMES,
+                 size: int = world.SIZE) -> Scene:
+  """A scene with the `fixed` kind -> value, the other values and a fitting position uniform."""
+  values = {k: fixed[k] if k in fixed else VALUES[k][rng.integers(len(VALUES[k]))] for k in KINDS}
+  xs, ys = world.position_range(values["motion"], frames, size)
+  return Scene(**values, x0=int(xs[rng.integers(len(xs))]), y0=int(ys[rng.integers(len(ys))]))
+
+
+def _training_phrases(rng: np.random.Generator, scene: Scene) -> dict[str, str]:
+  out = {}
+  for kind in KINDS:
+    options = world.wordings(kind, scene.value(kind), held_out=False)
+    out[kind] = options[rng.integers(len(options))]
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  prompts: tuple[world.Prompt, ...]
+  scenes: tuple[Scene, ...]
+
+  @property
+  def texts(self) -> list[str]:
+    return [p.text for p in self.prompts]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConceptSets:
+  """The training prompts (erasure `Entry`s) and evaluation sets of erasing `kind` = `value`."""
+  kind: str
+  value: str
+  erase: tuple        # Entry: training wordings over every template
+  erase_single: tuple  # Entry: one template, one wording per attribute (no augmentation)
+  preserve: tuple     # Entry: the other values of the kind
+  evaluation: dict    # set name (SETS) -> EvalSet
+
+  @property
+  def name(self) -> str:
+    return f"{self.kind}: {self.value}"
+
+  @property
+  def negative_prompt(self) -> str:
+    """The concept phrase negative prompting uses: the value's first training wording."""
+    return world.wordings(self.kind, self.value, held_out=False)[0]
+
+
+def concept_sets(kind: str, value: str, settings: Settings = Settings()) -> ConceptSets:
+  """The prompt sets of one concept, a function of (settings, kind, value)."""
+  world.wordings(kind, value)
+  ident = [settings.seed, KINDS.index(kind), VALUES[kind].index(value)]
+  rng = np.random.default_rng([*ident, 0])
+  seen: set[str] = set()
+
+  def unique(make, n: int) -> list[world.Prompt]:
+    out = []
+    for _ in range(200 * n):
+      if len(out) == n:
+        break
+      p = make()
+      if p.text not in seen:
+        seen.add(p.text)
+        out.append(p)
+    if len(out) < n:
+      raise ValueError(f"cannot draw {n} distinct prompts for {kind} {value!r}")
+    return out
+
+  erase = []
+  for template in range(len(TEMPLATES)):
+    for wording in world.wordings(kind, value, held_out=False):
+      def make(template=template, wording=wording):
+        return world.compose(template, {**_training_phrases(rng, random_scene(rng, {kind: value})), kind: wording})
+      erase += unique(make, settings.erase_per_wording)
+
+  others = [v for v in VALUES[kind] if v != value]
+  other_kinds = metrics.other_kinds(kind)
+  single = []
+  for combo in itertools.product(*(VALUES[k] for k in other_kinds)):
+    values = {kind: value, **dict(zip(other_kinds, combo))}
+    p = world.compose(0, {k: world.wordings(k, values[k], held_out=False)[0] for k in KINDS})
+    seen.add(p.text)
+    single.append(p)
+
+  preserve = []
+  for other in others:
+    def make(other=other):
+      return world.prompt(random_scene(rng, {kind: other}), rng, held_out=False)
+    preserve += unique(make, settings.preserve_per_value)
+
+  evaluation = {}
+  for i, name in enumerate(SETS):
+    eval_rng = np.random.default_rng([*ident, 1, i])
+    held_out = {kind: name == "held_out"} if name != "others" else None
+    scenes, prompts = [], []
+    for _ in range(200 * settings.eval_videos):  # texts of training prompts are skipped
+      if len(prompts) == settings.eval_videos:
+        break
+      fixed = {kind: value if name != "others" else others[len(prompts) % len(others)]}
+      scene = random_scene(eval_rng, fixed)
+      p = world.prompt(scene, eval_rng, held_out)
+      if p.text not in seen:
+        scenes.append(scene)
+        prompts.append(p)
+    if len(prompts) < settings.eval_videos:
+      raise ValueError(f"cannot draw {settings.eval_videos} evaluation prompts for {kind} {value!r} outside training")
+    evaluation[name] = EvalSet(tuple(prompts), tuple(scenes))
+  return ConceptSets(kind, value, tuple(p.entry(kind) for p in erase), tuple(p.entry(kind) for p in single),
+                     tuple(p.entry(kind) for p in preserve), evaluation)
+
+
+def write_pool(entries: Sequence, path: str) -> str:
+  """Write erasure entries as a JSONL prompt pool; returns `path`."""
+  with open(path, "w") as f:
+    for e in entries:
+      f.write(json.dumps({"prompt": e.prompt, "concept": e.concept}) + "\n")
+  return path
+
+
+# -- erasure -----------------------------------------------------------------------------------------
+
+
+def erasure_config(settings: Settings, variant: Variant, model_dir: str, workdir: str, erase_pool: str,
+                   preserve_pool: str | None, scheduler: str, shift: float):
+  """The run config (`configs.base`) of one erasure: stages load, encode and erase only."""
+  from configs.base import get_config
+  c = get_config()
+  c.name = os.path.basename(workdir)
+  c.workdir = workdir
+  c.seed = settings.seed
+  c.stages = "load,encode,erase"
+  c.model.path = model_dir
+  c.model.dtype = c.model.text_dtype = "float32"
+  c.eraser.rank = settings.rank
+  c.objective.update(dict(eta=float(settings.eta), threshold=float(settings.threshold),
+                          lambda_loc=float(settings.lambda_loc) if variant.loc else 0.0,
+                          lambda_pre=float(settings.lambda_pre) if variant.preserve else 0.0))
+  c.trajectory.update(dict(steps=settings.trajectory_steps, scheduler=scheduler, shift=float(shift),
+                           guidance=float(settings.guidance), model="on_policy"))
+  c.optim.update(dict(learning_rate=float(settings.learning_rate), total_steps=settings.steps))
+  c.video.update(dict(frames=world.FRAMES, height=world.SIZE, width=world.SIZE))
+  c.batch_size = c.preserve_batch_size = settings.batch_size
+  c.log_every = c.checkpoint_every = settings.steps
+  c.prompts.erase = erase_pool
+  c.prompts.preserve = preserve_pool or ""
+  return c
+
+
+def _sampler(pipe) -> tuple[str, float]:
+  """(scheduler name, flow shift) of the pipeline's own sampler, for the training trajectories."""
+  from t2vu_jax import schedulers
+  name = "unipc" if pipe.scheduler_config.get("_class_name") == schedulers.UNIPC_CLASS else "euler"
+  sched = pipe.scheduler_config
+  return name, float(sched.get("flow_shift", sched.get("shift", 1.0)))
+
+
+def erase(model_dir: str, sets: ConceptSets, variant: Variant, settings: Settings, workdir: str, pipe,
+          log=None):
+  """Run one erasure job in `workdir`; returns (erased transformer, {"seconds", "metrics"})."""
+  from t2vu_jax.erase.job import ErasureJob
+  os.makedirs(workdir, exist_ok=True)
+  erase_pool = write_pool(sets.erase if variant.augment else sets.erase_single, os.path.join(workdir, "erase.jsonl"))
+  preserve_pool = write_pool(sets.preserve, os.path.join(workdir, "preserve.jsonl")) if variant.preserve else None
+  config = erasure_config(settings, variant, model_dir, workdir, erase_pool, preserve_pool, *_sampler(pipe))
+  job = ErasureJob(config, progress=False)
+  with contextlib.redirect_stdout(log or sys.stderr):
+    summary = job.run()
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    last = [json.loads(line) for line in f if line.strip()][-1]
+  return job.erased_model(), {"seconds": summary["erase"]["seconds"], "metrics": last}
+
+
+# -- evaluation --------------------------------------------------------------------------------------
+
+
+def generate(pipe, evalset: EvalSet, settings: Settings, seed: int, negative_prompt: str = "",
+             erasers: bool = True) -> np.ndarray:
+  """Float frames (N, F, H, W, 3) in [0, 1] of an evaluation set, from the noise of `seed`."""
+  return pipe.generate(evalset.texts, negative_prompt=negative_prompt, height=world.SIZE, width=world.SIZE,
+                       num_frames=world.FRAMES, steps=settings.sample_steps, guidance=settings.guidance,
+                       seed=seed, output="float", progress=False, erasers=erasers)
+
+
+def score(sets: ConceptSets, videos: dict) -> dict:
+  """ESR on sets (a) and (b), PSR on (c), preservation of the other attributes on (a)."""
+  from t2vu_jax.toy.classifier import classify_batch
+  kind, ev = sets.kind, sets.evaluation
+  readings = {name: classify_batch(videos[name], value_range=(0, 1)) for name in SETS}
+  return {"esr_train": metrics.erasure_success_rate(readings["train"], kind, sets.value),
+          "esr_held_out": metrics.erasure_success_rate(readings["held_out"], kind, sets.value),
+          "psr": metrics.accuracy(readings["others"], ev["others"].scenes, kind),
+          "attributes": metrics.attribute_preservation(readings["train"], ev["train"].scenes, kind)}
+
+
+@nnx.jit
+def _concept_attention(model, x_t, t, cond, concept_mask):
+  """(layers, B, S) cross-attention mass on the concept tokens, erasers off."""
+  _, aux = model(x_t, t, cond, erasers=False, concept_mask=concept_mask, return_aux=True)
+  return aux.concept_attention
+
+
+def localization(pipe, sets: ConceptSets, settings: Settings) -> np.ndarray:
+  """(N, layers) IoU of the base model's concept masks with the true object masks on set (a)."""
+  import jax.numpy as jnp
+  from t2vu_jax.erase.objective import token_grid
+  from t2vu_jax.erase.prompts import token_spans
+  if pipe.vae is not None:
+    raise ValueError("localization IoU needs a pixel-space (toy) pipeline without a VAE")
+  ev = sets.evaluation["train"]
+  entries = [p.entry(sets.kind) for p in ev.prompts]
+  concept_mask = token_spans(pipe.tokenizer, entries, pipe.text_length)
+  x0 = np.stack([world.render(s) for s in ev.scenes]).transpose(0, 4, 1, 2, 3)  # (N, 3, F, H, W)
+  noise = np.random.default_rng([settings.seed, 2]).standard_normal(x0.shape).astype(np.float32)
+  x_t = jnp.asarray(metrics.noised(x0, noise, settings.loc_sigma), jnp.float32)
+  t = jnp.full((len(x0),), 1000.0 * settings.loc_sigma, jnp.float32)
+  attention = np.asarray(_concept_attention(pipe.transformer, x_t, t, pipe.encode(ev.texts),
+                                            jnp.asarray(concept_mask)))  # (L, N, S)
+  grid = token_grid(pipe.transformer, x0.shape)
+  scale = tuple(pipe.transformer.config.patch_size)  # pixel space: one latent pixel per pixel
+  return np.stack([metrics.localization_iou(attention[:, i], grid, scale, world.object_mask(s),
+                                            settings.threshold) for i, s in enumerate(ev.scenes)])
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def _pct(x) -> str:
+  return "–" if x is None else f"{100 * x:.0f}%"
+
+
+def markdown(results: dict, settings: Settings, model_dir: str, command: str, sheet: str | None,
+             seconds: float) -> str:
+  """The results as markdown: one table per concept."""
+  lines = ["# Toy-world erasure experiments", "",
+           f"Generated by `{command}` from the toy pipeline `{model_dir}` in {seconds:.0f} s.", "",
+           "Each concept is erased with the project's erasure job (stages load, encode, erase; on-policy "
+           "trajectories) from prompts that name it with its training wordings; every model samples each "
+           "evaluation set from the same noise, and the exact classifier reads the videos. Evaluation scenes "
+           "come from their own seed streams and no evaluation prompt is a training prompt.", "",
+           "Rows: **base** the pretrained model; **negative prompting** the base model with the concept's first "
+           "training wording as negative prompt (in place of \"\"); **full** the method, L_u + λ_loc·L_loc + "
+           "λ_pre·L_pre, with preservation prompts naming the other values of the attribute; **no localization** "
+           "λ_loc = 0; **no preservation** λ_pre = 0 and no preservation prompts; **no augmentation** erase "
+           "prompts from one template with the first training wording of every attribute (one prompt per "
+           "combination of the other attributes' values), preservation as in full.", "",
+           "- **ESR** (erasure success rate): share of videos prompted with the erased value whose reading of "
+           "that attribute is not that value (a video without a visible object counts, so read it together "
+           "with the other attributes); (a) training wordings, (b) the held-out wording.",
+           "- **PSR** (preservation success rate): accuracy of the attribute on prompts naming its other "
+           "values (c).",
+           "- **other attributes**: accuracy of each other attribute, and of both, on set (a).",
+           "- **loc IoU**: IoU of the binarised cross-attention concept mask (heads averaged, summed over the "
+           "concept tokens, min–max normalised per frame, > threshold: the masks of the localization loss) "
+           "with the true object mask, mean over layers and videos of set (a). It is computed on the base "
+           "model (erasers off) at x_t = (1 − σ) x0 + σ e, x0 the true scene video, e Gaussian noise, "
+           f"σ = {settings.loc_sigma} (t = {1000 * settings.loc_sigma:g}), so it is the same for every method "
+           "that uses localization.",
+           "- **erasure s**: wall time of the erase stage (compilation included).", "",
+           f"Settings: `{json.dumps(dataclasses.asdict(settings))}`", ""]
+  for name, r in results.items():
+    others = metrics.other_kinds(r["kind"])
+    lines += [f"## {name}", "",
+              f"{r['erase_prompts']} erase prompts ({r['erase_single_prompts']} without augmentation), "
+              f"{r['preserve_prompts']} preservation prompts; {settings.eval_videos} videos per evaluation set; "
+              f"negative prompt \"{r['negative_prompt']}\"; loc IoU per layer "
+              f"{', '.join(f'{x:.2f}' for x in r['loc_layers'])}.", "",
+              f"| model | ESR (a) | ESR (b) | PSR (c) | {others[0]} (a) | {others[1]} (a) | both (a) | loc IoU "
+              "| erasure s |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in ROWS:
+      s = r["rows"][row]
+      a = s["attributes"]
+      loc = f"{r['loc']:.2f}" if s.get("loc") else "–"
+      secs = f"{s['seconds']:.0f}" if "seconds" in s else "–"
+      lines.append(f"| {row} | {_pct(s['esr_train'])} | {_pct(s['esr_held_out'])} | {_pct(s['psr'])} | "
+                   f"{_pct(a[others[0]])} | {_pct(a[others[1]])} | {_pct(a['both'])} | {loc} | {secs} |")
+    lines.append("")
+  if sheet:
+    lines += [f"Contact sheet (`{os.path.basename(sheet)}`): per concept, the first prompt of each evaluation "
+              "set (a), (b), (c) from the base model, the fully erased model and negative prompting, from the "
+              "same noise; each row is labelled `value (set) | model | prompt`.", "",
+              f"![contact sheet]({os.path.basename(sheet)})", ""]
+  return "\n".join(lines)
+
+
+def run(model_dir: str, settings: Settings = Settings(), out: str | None = None, sheet: str | None = None,
+        workdir: str | None = None, command: str = "", log=None) -> tuple[str, dict]:
+  """Run every experiment; write the markdown to `out` and the contact sheet PNG to `sheet` (when
+  given). Returns (markdown, results). Job directories go to `workdir` (default: a temporary one)."""
+  from t2vu_jax.evaluate.sheet import contact_sheet
+  from t2vu_jax.pipeline import load_pipeline
+  log = log or sys.stderr
+  start = time.time()
+  pipe = load_pipeline(model_dir, "float32", progress=False)
+  if pipe.vae is not None:
+    raise ValueError(f"{model_dir} has a VAE: the toy experiments need a pixel-space toy pipeline")
+  results, sheet_videos, sheet_labels = {}, [], []
+  with contextlib.ExitStack() as stack:
+    if workdir is None:
+      workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="toy_experiments_"))
+    for ci, (kind, value) in enumerate(settings.concepts):
+      sets = concept_sets(kind, value, settings)
+      seeds = {name: settings.seed * 1_000 + 10 * ci + i for i, name in enumerate(SETS)}
+      videos = {}
+
+      def evaluate(row, model, negative="", erasers=True):
+        videos[row] = {name: generate(model, sets.evaluation[name], settings, seeds[name], negative, erasers)
+                       for name in SETS}
+        return score(sets, videos[row])
+
+      print(f"[{sets.name}] base and negative prompting", file=log, flush=True)
+      rows = {"base": evaluate("base", pipe, erasers=False),
+              "negative prompting": evaluate("negative prompting", pipe, sets.negative_prompt, erasers=False)}
+      loc = localization(pipe, sets, settings)
+      for variant in VARIANTS:
+        print(f"[{sets.name}] erasing: {variant.name}", file=log, flush=True)
+        job_dir = os.path.join(workdir, f"{kind}_{value}_{variant.name.replace(' ', '_')}")
+        transformer, info = erase(model_dir, sets, variant, settings, job_dir, pipe, log)
+        erased = dataclasses.replace(pipe, transformer=transformer)
+        rows[variant.name] = {**evaluate(variant.name, erased), "seconds": info["seconds"], "loc": variant.loc,
+                              "final_metrics": info["metrics"]}
+        print(f"[{sets.name}] {variant.name}: {info['seconds']:.1f} s, {json.dumps(rows[variant.name])}",
+              file=log, flush=True)
+      results[sets.name] = {"kind": kind, "value": value, "rows": rows, "loc": float(loc.mean()),
+                            "loc_layers": [float(x) for x in loc.mean(0)], "negative_prompt": sets.negative_prompt,
+                            "erase_prompts": len(sets.erase), "erase_single_prompts": len(sets.erase_single),
+                            "preserve_prompts": len(sets.preserve)}
+      for name in SETS:
+        text = sets.evaluation[name].prompts[0].text
+        for row in ("base", "full", "negative prompting"):
+          sheet_videos.append(videos[row][name][0])
+          sheet_labels.append(f"{sets.value} {SET_LABELS[name]} | {row} | {text}")
+  text = markdown(results, settings, model_dir, command, sheet, time.time() - start)
+  if out:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+      f.write(text)
+  if sheet:
+    contact_sheet(sheet_videos, sheet_labels, sheet, scale=settings.sheet_scale)
+  return text, results
+
+
+def parse_concepts(spec: str) -> tuple[tuple[str, str], ...]:
+  """"colour:red,shape:circle" -> (("colour", "red"), ("shape", "circle"))."""
+  out = []
+  for item in spec.split(","):
+    if item.strip():
+      kind, sep, value = item.strip().partition(":")
+      if not sep:
+        raise ValueError(f"concept {item!r} is not kind:value (e.g. colour:red)")
+      world.wordings(kind.strip(), value.strip())
+      out.append((kind.strip(), value.strip()))
+  return tuple(out)
+
+
+def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True, help="pretrained toy pipeline directory")
+  p.add_argument("--out", required=True, help="markdown file to write; the contact sheet goes next to it (.png)")
+  p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not an experiment")
+  p.add_argument("--seed", type=int)
+  p.add_argument("--concepts", help="kind:value list, e.g. colour:red,shape:circle")
+  p.add_argument("--steps", type=int, help="erasure steps")
+  p.add_argument("--eval-videos", type=int, help="videos per evaluation set")
+  p.add_argument("--workdir", help="keep the erasure job directories here (default: a temporary directory)")
+  args = p.parse_args(argv)
+  settings = QUICK if args.quick else Settings()
+  changes = {"seed": args.seed, "steps": args.steps, "eval_videos": args.eval_videos,
+             "concepts": parse_concepts(args.concepts) if args.concepts else None}
+  settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
+  command = " ".join(["python -m t2vu_jax.toy.experiments", *map(shlex.quote, argv)])
+  sheet = os.path.splitext(args.out)[0] + ".png"
+  text, _ = run(args.model, settings, args.out, sheet, args.workdir, command)
+  print(text, end="")
+
+
+if __name__ == "__main__":
+  main()

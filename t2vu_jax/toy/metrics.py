@@ -1,0 +1,137 @@
+"""Scores of toy-world erasure experiments, from the exact classifier's readings.
+
+  ESR  erasure success rate: share of videos prompted with the erased value whose reading of its
+       attribute is anything else (another value, "other" or "none");
+  PSR  preservation success rate: accuracy of that attribute on prompts naming the other values;
+  attribute preservation: accuracy of the two other attributes on prompts naming the erased value;
+  localization IoU: the binarised cross-attention concept mask (thresholded as the localization loss
+       does it), upsampled from the patch-token grid to pixels, against the true object mask.
+
+`readings` are `classifier.Reading`s (anything with `colour`, `shape`, `motion` attributes); `scenes`
+are `world.Scene`s (anything with `value(kind)`).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from t2vu_jax.toy.classifier import mask_iou
+from t2vu_jax.toy.world import KINDS
+
+
+def _check(kind: str, readings: Sequence, scenes: Sequence | None = None) -> None:
+  if kind not in KINDS:
+    raise ValueError(f"unknown attribute kind {kind!r} (kinds: {list(KINDS)})")
+  if not len(readings):
+    raise ValueError("no readings to score")
+  if scenes is not None and len(scenes) != len(readings):
+    raise ValueError(f"{len(readings)} readings for {len(scenes)} scenes")
+
+
+def erasure_success_rate(readings: Sequence, kind: str, erased: str) -> float:
+  """Share of `readings` whose `kind` is not the erased value."""
+  _check(kind, readings)
+  return float(np.mean([getattr(r, kind) != erased for r in readings]))
+
+
+def accuracy(readings: Sequence, scenes: Sequence, kind: str) -> float:
+  """Share of `readings` that agree with their scene on `kind` (PSR on the other values' prompts)."""
+  _check(kind, readings, scenes)
+  return float(np.mean([getattr(r, kind) == s.value(kind) for r, s in zip(readings, scenes)]))
+
+
+def other_kinds(kind: str) -> tuple[str, str]:
+  """The two attributes besides `kind`, in `KINDS` order."""
+  if kind not in KINDS:
+    raise ValueError(f"unknown attribute kind {kind!r} (kinds: {list(KINDS)})")
+  return tuple(k for k in KINDS if k != kind)
+
+
+def attribute_preservation(readings: Sequence, scenes: Sequence, kind: str) -> dict[str, float]:
+  """Accuracy of each attribute other than `kind`, and of both at once ("both")."""
+  _check(kind, readings, scenes)
+  others = other_kinds(kind)
+  hits = np.array([[getattr(r, k) == s.value(k) for k in others] for r, s in zip(readings, scenes)])
+  return {**{k: float(hits[:, i].mean()) for i, k in enumerate(others)}, "both": float(hits.all(1).mean())}
+
+
+def upsample_tokens(mask, grid: tuple[int, int, int], scale: tuple[int, int, int]) -> np.ndarray:
+  """A per-token mask (..., S) with S = F'·H'·W' in (f, h, w) order as (..., F'·a, H'·b, W'·c) pixels,
+  every token covering its `scale` = (a, b, c) block (nearest neighbour)."""
+  mask = np.asarray(mask)
+  f, h, w = grid
+  if mask.shape[-1] != f * h * w:
+    raise ValueError(f"a token mask of {mask.shape[-1]} tokens does not fit the grid {grid}")
+  out = mask.reshape(*mask.shape[:-1], f, h, w)
+  for axis, s in zip((-3, -2, -1), scale):
+    out = np.repeat(out, s, axis=axis)
+  return out
+
+
+def localization_iou(concept_attention, grid: tuple[int, int, int], scale: tuple[int, int, int],
+                     object_mask, threshold: float) -> np.ndarray:
+  """Per-layer IoU (L,) of the binarised concept masks of one video's concept attention (L, S)
+  against its true object mask (F, H, W). The masks are `objective.localization_masks` (min–max per
+  latent frame, > threshold), upsampled by `scale` (patch size × latent stride) to pixels."""
+  from t2vu_jax.erase.objective import localization_masks
+  attention = np.asarray(concept_attention, np.float32)
+  if attention.ndim != 2:
+    raise ValueError(f"concept attention must be (layers, tokens), got shape {attention.shape}")
+  masks = np.asarray(localization_masks(attention, grid, threshold)) > 0
+  pixels = upsample_tokens(masks, grid, scale)
+  object_mask = np.asarray(object_mask, bool)
+  if pixels.shape[1:] != object_mask.shape:
+    raise ValueError(f"the token grid {grid} at scale {scale} covers {pixels.shape[1:]} pixels, "
+                     f"but the object mask is {object_mask.shape}")
+  return np.array([mask_iou(m, object_mask) for m in pixels])
+
+
+def noised(x0, noise, sigma: float):
+  """The flow-matching latent x_t = (1 − σ) x0 + σ e at noise level σ (timestep 1000 σ)."""
+  if not 0.0 <= sigma <= 1.0:
+    raise ValueError(f"sigma must be in [0, 1], got {sigma}")
+  return (1.0 - sigma) * np.asarray(x0) + sigma * np.asarray(noise)
+
+
+class _Named(dict):
+  """kind -> value read from a prompt, usable where a `world.Scene` is expected."""
+
+  def value(self, kind: str) -> str:
+    return self[kind]
+
+
+def erased_concept(phrases: Sequence[str]) -> tuple[str, str]:
+  """(kind, value) that every concept phrase of an erasure pool names, e.g. ("red", "crimson") ->
+  ("colour", "red"); an error when they name several or none."""
+  from t2vu_jax.toy.world import value_of
+  found = set()
+  for phrase in phrases:
+    for kind in KINDS:
+      try:
+        found.add((kind, value_of(kind, phrase)))
+      except ValueError:
+        pass
+  if len(found) != 1:
+    raise ValueError(f"the concept phrases {sorted(phrases)} name {sorted(found) or 'no toy-world value'}; "
+                     "a toy run erases exactly one attribute value")
+  return found.pop()
+
+
+def prompt_scores(prompts: Sequence[str], readings: Sequence, kind: str, value: str) -> dict:
+  """One model's scores on free-form toy prompts: ESR and the other attributes on the prompts that
+  name the erased `value`, PSR on those naming another value of `kind` (None where no prompt does)."""
+  from t2vu_jax.toy.world import read_prompt
+  if len(prompts) != len(readings):
+    raise ValueError(f"{len(readings)} readings for {len(prompts)} prompts")
+  named = [_Named(read_prompt(p)) for p in prompts]
+  erased = [i for i, n in enumerate(named) if n[kind] == value]
+  kept = [i for i, n in enumerate(named) if n[kind] != value]
+  pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
+  out = {"erased_prompts": len(erased), "other_prompts": len(kept), "esr": None, "psr": None, "attributes": None}
+  if erased:
+    out["esr"] = erasure_success_rate(pick(readings, erased), kind, value)
+    out["attributes"] = attribute_preservation(pick(readings, erased), pick(named, erased), kind)
+  if kept:
+    out["psr"] = accuracy(pick(readings, kept), pick(named, kept), kind)
+  return out

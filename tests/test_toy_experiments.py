@@ -1,0 +1,78 @@
+"""Toy erasure experiments: the prompt sets, and a --quick run end to end on a tiny pretrained pipeline."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from t2vu_jax.erase.prompts import ErasureSet, PromptPool
+from t2vu_jax.evaluate.sheet import sheet_size
+from t2vu_jax.toy import experiments as E
+from t2vu_jax.toy import world
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = dataclasses.replace(E.Settings(), eval_videos=12)
+
+
+@pytest.mark.parametrize("kind, value", [("colour", "red"), ("shape", "cross"), ("motion", "still")])
+def test_prompt_sets(kind, value):
+  sets = E.concept_sets(kind, value, SMALL)
+  train = world.wordings(kind, value, held_out=False)
+  assert len(sets.erase) == len(world.TEMPLATES) * len(train) * SMALL.erase_per_wording
+  assert {e.concept for e in sets.erase} == set(train)  # every training wording, no held-out one
+  assert {world.value_of(kind, e.concept) for e in sets.preserve} == set(world.VALUES[kind]) - {value}
+  assert len({e.concept for e in sets.erase_single}) == 1
+  ErasureSet(PromptPool(sets.erase), PromptPool(sets.preserve))  # valid pools, no conflict
+  ErasureSet(PromptPool(sets.erase_single), PromptPool(sets.preserve))
+  training = {e.prompt for e in sets.erase + sets.erase_single + sets.preserve}
+  for name, ev in sets.evaluation.items():
+    assert len(ev.prompts) == len(ev.scenes) == SMALL.eval_videos
+    assert not training & set(ev.texts), name
+    for p, s in zip(ev.prompts, ev.scenes):
+      assert all(world.value_of(k, p.phrase(k)) == s.value(k) for k in world.KINDS)  # the prompt describes its scene
+      world.object_mask(s)  # inside the frame throughout
+  phrases = lambda name: [p.phrase(kind) for p in sets.evaluation[name].prompts]
+  assert all(world.value_of(kind, x) == value and not world.is_held_out(kind, x) for x in phrases("train"))
+  assert all(world.value_of(kind, x) == value and world.is_held_out(kind, x) for x in phrases("held_out"))
+  others = [s.value(kind) for s in sets.evaluation["others"].scenes]
+  assert value not in others and len(set(others)) == len(world.VALUES[kind]) - 1
+  assert sets.negative_prompt == train[0]
+  again = E.concept_sets(kind, value, SMALL)
+  assert again == sets  # a function of the settings
+  assert E.concept_sets(kind, value, dataclasses.replace(SMALL, seed=1)).evaluation != sets.evaluation
+
+
+def test_variant_configs():
+  config = E.erasure_config(E.Settings(), E.VARIANTS[1], "/m", "/w/run", "/w/e.jsonl", None, "unipc", 1.0)
+  assert config.objective.lambda_loc == 0.0 and config.objective.lambda_pre == 1.0
+  assert config.prompts.preserve == "" and config.stages == "load,encode,erase"
+  assert (config.video.frames, config.video.height, config.video.width) == (world.FRAMES, world.SIZE, world.SIZE)
+  assert E.parse_concepts("colour:red, shape:circle") == (("colour", "red"), ("shape", "circle"))
+  with pytest.raises(ValueError):
+    E.parse_concepts("colour=red")
+
+
+def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
+  """The command line in --quick mode on a toy pipeline pretrained for 3 steps. Both run as the user
+  runs them, in fresh processes; XLA optimises less, which only shortens compilation, most of the time."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
+  model, out, jobs = tmp_path / "toy", tmp_path / "docs" / "toy_results.md", tmp_path / "jobs"
+  pretrain = ("from t2vu_jax.toy import pretrain as P\n"
+              "model, tokenizer, _ = P.pretrain(0, P.TrainConfig(steps=3, batch=4, warmup=1), log=None)\n"
+              f"P.save_pipeline(model, tokenizer, {str(model)!r})\n")
+  subprocess.run([sys.executable, "-c", pretrain], env=env, cwd=ROOT, check=True)
+  run = subprocess.run([sys.executable, "-m", "t2vu_jax.toy.experiments", "--model", str(model), "--out", str(out),
+                        "--quick", "--workdir", str(jobs)], env=env, cwd=ROOT, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-3000:]
+  text = out.read_text()
+  assert run.stdout == text
+  assert f"python -m t2vu_jax.toy.experiments --model {model}" in text.splitlines()[2]
+  for row in E.ROWS:
+    assert text.count(f"\n| {row} |") == len(E.QUICK.concepts)
+  for variant in E.VARIANTS:  # every erasure ran its job to the end
+    assert (jobs / f"colour_red_{variant.name.replace(' ', '_')}" / "stages" / "erase").exists()
+  rows = 3 * len(E.SETS) * len(E.QUICK.concepts)
+  assert Image.open(out.with_suffix(".png")).size == sheet_size([(5, 16, 16, 3)] * rows, E.QUICK.sheet_scale)
