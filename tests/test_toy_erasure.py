@@ -37,3 +37,13 @@ def test_run_py_toy_default_erases_red_and_keeps_the_other_colours(tmp_path):
   assert erased["esr"] >= base["esr"] + 0.6, (base, erased)
   assert erased["psr"] >= base["psr"] - 0.15, (base, erased)
   assert "| erased |" in (run / "report.md").read_text()
+
+  # The evaluation CLI re-evaluates the finished run from its config and checkpoint.
+  result = subprocess.run([sys.executable, "-m", "t2vu_jax.evaluate", "--run", str(run), "--num-prompts", "6"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  again = json.loads((run / "evaluation.json").read_text())
+  assert len(again["videos"]) == 6 and again["videos"] == evaluation["videos"][:6]
+  bad = subprocess.run([sys.executable, "-m", "t2vu_jax.evaluate", "--run", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  assert bad.returncode != 0 and "must be a run directory" in bad.stderr
