@@ -24,11 +24,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-# Dense bf16 peak TFLOP/s per device, by a substring of `device_kind` (first match wins).
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0), ("GH200", 989.0),
-               ("A100", 312.0), ("L40S", 362.0), ("B200", 2250.0))
-
-
 def timed(fn, repeats):
   """(first call seconds: compile + run, list of the following calls' seconds)."""
   start = time.perf_counter()
@@ -67,7 +62,7 @@ def main(argv=None) -> int:
   from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step
   from t2vu_jax.models.erasers import EraserConfig, attach_erasers
   from t2vu_jax.models.wan import WanConfig, WanTransformer, forward_flops
-  from t2vu_jax.scaling import FORWARDS_PER_STEP
+  from t2vu_jax.scaling import FORWARDS_PER_STEP, peak_tflops
 
   device = jax.devices()[0]
   if not args.tiny and device.platform != "gpu":
@@ -83,7 +78,7 @@ def main(argv=None) -> int:
     text_len, rank = 512, args.rank
   attention = args.attention or ("xla" if args.tiny else "cudnn")
   tokens = latent[2] * (latent[3] // 2) * (latent[4] // 2)
-  peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS if k in device.device_kind), None)
+  peak = args.peak_tflops or peak_tflops(device.device_kind)
 
   start = time.perf_counter()
   model = WanTransformer(cfg, dtype=args.dtype, rngs=nnx.Rngs(0), remat=args.remat, attention=attention)

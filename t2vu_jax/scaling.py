@@ -9,7 +9,10 @@ and `cost_analysis` are read from the compiled program next to an analytic FLOP 
 the body of a scanned layer stack once, so its figure is far below the analytic one). With
 `--simulate N` the meshes are laid out on N simulated CPU devices. The step is compiled with the
 mesh in context, so the model's activation sharding constraints apply (`--unconstrained` leaves
-them out). Measured step times and MFU on a GPU: `benchmarks/gpu_check.sh`.
+them out). With `--time N` the step also runs N times on real (zero-valued) arrays on the mesh's
+devices and the median step time and MFU (analytic FLOPs / time / (devices x peak)) join the row:
+meant for real accelerators, where the peak is looked up from the device name (`--peak-tflops`
+overrides it). `benchmarks/gpu_check.sh` is the one-GPU version with forward times.
 """
 from __future__ import annotations
 
@@ -20,6 +23,10 @@ import os
 import sys
 import time
 
+# Dense bf16 peak TFLOP/s per device, by a substring of `device_kind` (first match wins).
+PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0), ("GH200", 989.0),
+               ("A100", 312.0), ("L40S", 362.0), ("B200", 2250.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0),
+               ("TPU v5e", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0), ("TPU v6", 918.0))
 FORWARDS_PER_STEP = 7  # erasers-off cond+uncond (2), erasers-on forward+input-gradient (2), preservation (1 + 2)
 
 
@@ -37,6 +44,8 @@ def main(argv=None) -> int:
   p.add_argument("--remat", default="full", help="remat policy of the blocks (see t2vu_jax.models.wan)")
   p.add_argument("--unconstrained", action="store_true",
                  help="compile without the mesh in context: no activation sharding constraints (for comparison)")
+  p.add_argument("--time", type=int, default=0, help="also run the step this many times on real arrays")
+  p.add_argument("--peak-tflops", type=float, help="per-device dense peak for MFU (default: by device name)")
   p.add_argument("--out", default="scaling")
   args = p.parse_args(argv)
   if args.simulate:
@@ -93,6 +102,9 @@ def main(argv=None) -> int:
                output_gb=mem.output_size_in_bytes / 1e9,
                xla_tflops=(cost or {}).get("flops", float("nan")) / 1e12,
                ideal_tflops_per_device=analytic / mesh.size / 1e12, compile_s=compile_s)
+    if args.time:
+      row.update(time_step(compiled, ((jax.ShapeDtypeStruct((), jnp.int32), erasers, opt_state), base, batch),
+                           args.time, analytic, mesh, args.peak_tflops))
     rows.append(row)
     print(", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
@@ -117,6 +129,31 @@ def main(argv=None) -> int:
   fig.savefig(name + ".png", dpi=120)
   print(f"wrote {name}.csv and {name}.png")
   return 0
+
+
+def peak_tflops(device_kind: str) -> float | None:
+  return next((v for k, v in PEAK_TFLOPS if k.lower() in device_kind.lower()), None)
+
+
+def time_step(compiled, abstract_args, repeats: int, flops: float, mesh, peak: float | None = None) -> dict:
+  """Median seconds of `repeats` runs of a compiled step on zero-valued arrays laid out as its abstract
+  arguments (matmul time does not depend on the values), and the MFU that gives."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  zeros = lambda a: jax.jit(lambda: jnp.zeros(a.shape, a.dtype), out_shardings=a.sharding)()  # noqa: E731
+  args = jax.tree.map(zeros, abstract_args)
+  key = jax.random.key(0)
+  times = []
+  for _ in range(repeats + 1):  # the first run warms up
+    start = time.perf_counter()
+    out = compiled(*args, key)
+    jax.block_until_ready(out)
+    times.append(time.perf_counter() - start)
+    args = (out[0], *args[1:])  # the step donates its trainable state; feed it back
+  step_s = float(np.median(times[1:]))
+  peak = peak or peak_tflops(mesh.devices.flat[0].device_kind)
+  return {"step_s": step_s, "mfu": flops / step_s / (mesh.size * peak * 1e12) if peak else float("nan")}
 
 
 if __name__ == "__main__":

@@ -98,3 +98,10 @@ def test_scaling_tool_compiles_for_meshes_and_writes_csv_and_plot(tmp_path):
   assert [r["mesh"] for r in rows] == ["8x1x1x1", "1x8x1x1"] and (tmp_path / "scaling_1.3b.png").stat().st_size > 0
   replicated, sharded = (float(r["argument_gb"]) for r in rows)
   assert sharded < replicated / 4  # bf16 weights split 8 ways over fsdp, replicated under pure data parallelism
+
+
+def test_peak_flops_are_looked_up_by_device_name():
+  from t2vu_jax.scaling import peak_tflops
+  assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
+  assert peak_tflops("TPU v5 lite") == 197.0 and peak_tflops("TPU v5p") == 459.0
+  assert peak_tflops("cpu") is None  # MFU is then reported as NaN unless --peak-tflops is given
