@@ -24,6 +24,7 @@ from t2vu_jax import schedulers, text
 from t2vu_jax.models.umt5 import UMT5Encoder
 from t2vu_jax.models.vae import WanVAE, denormalize_latents
 from t2vu_jax.models.wan import WanTransformer
+from t2vu_jax.sharding import to_host
 
 SUBFOLDERS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 PIXEL_STRIDE = (1, 1, 1)  # a pipeline without a VAE samples pixels (RGB in [-1, 1]) directly
@@ -123,7 +124,6 @@ class WanPipeline:
   def decode(self, latents) -> np.ndarray:
     """Latents (B, C, T, H, W) -> float frames (B, F, H, W, 3) in [0, 1]."""
     if isinstance(latents, jax.Array) and not latents.is_fully_addressable:  # split across processes
-      from t2vu_jax.sharding import to_host
       latents = to_host(latents)
     latents = jnp.asarray(latents, jnp.float32)
     if self.vae is None:

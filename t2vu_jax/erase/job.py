@@ -427,6 +427,7 @@ class ErasureJob:
     elif c.eval.scorer == "toy":
       from t2vu_jax.toy.classifier import classify
       from t2vu_jax.toy.metrics import erased_concept
+      from t2vu_jax.toy.world import KINDS
       toy = erased_concept(self.prompt_set().concepts)  # (kind, value) the run erases
     from t2vu_jax.evaluate.sheet import contact_sheet, thumbnails
     os.makedirs(self.path("samples"), exist_ok=True)
@@ -450,7 +451,7 @@ class ErasureJob:
         if toy is not None:
           reading = classify(frames)
           scores[name].append(reading)
-          row[f"{name}_reading"] = {k: getattr(reading, k) for k in ("colour", "shape", "motion")}
+          row[f"{name}_reading"] = {k: getattr(reading, k) for k in KINDS}
         if n < SHEET_PROMPTS:
           sheet.append((thumbnails(frames), f"{name} | seed {seed} | {prompt}"))
       rows.append(row)
