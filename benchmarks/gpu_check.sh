@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check: forward time, erasure train-step time and MFU of a random-weight Wan2.1 1.3B at
 # 480x832x17 (latents 16x5x60x104), bf16, cuDNN attention, on the first GPU. Needs an NVIDIA GPU
-# and jax[cuda12]; refuses otherwise. Runs in under 8 minutes on an H100 (stopped at 8 minutes).
+# and jax with CUDA; refuses otherwise. Took about a minute on an H200 (stopped at 8 minutes).
 #
 #   bash benchmarks/gpu_check.sh [options of benchmarks/gpu_check.py, e.g. --repeats 10]
 set -euo pipefail
