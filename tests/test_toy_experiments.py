@@ -72,6 +72,7 @@ def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
   assert f"python -m t2vu_jax.toy.experiments --model {model}" in text.splitlines()[2]
   for row in E.ROWS:
     assert text.count(f"\n| {row} |") == len(E.QUICK.concepts)
+  assert "loc IoU at σ 0.3 " in text and "ceiling on the 4x4 token grid 0." in text
   for variant in E.VARIANTS:  # every erasure ran its job to the end
     assert (jobs / f"colour_red_{variant.name.replace(' ', '_')}" / "stages" / "erase").exists()
   rows = 3 * len(E.SETS) * len(E.QUICK.concepts)

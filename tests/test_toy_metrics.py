@@ -7,7 +7,7 @@ from PIL import Image
 
 from t2vu_jax.evaluate.sheet import GAP, LABEL_HEIGHT, MARGIN, contact_sheet, sheet_size
 from t2vu_jax.toy import metrics, world
-from t2vu_jax.toy.classifier import classify_batch
+from t2vu_jax.toy.classifier import classify_batch, mask_iou
 
 
 def reading(colour, shape, motion):
@@ -89,6 +89,22 @@ def test_localization_iou_against_the_object_mask():
     metrics.localization_iou(coverage[None], grid, scale, obj[:, :8], threshold=0.1)
 
 
+def test_best_token_iou_is_the_ceiling_of_token_masks():
+  obj = np.zeros((1, 8, 8), bool)
+  obj[0, :7, :7] = True  # a 7x7 square on 4x4 blocks covers them 16, 12, 12 and 9 of 16 pixels
+  # Best: all four blocks (49 / 64); three blocks give 40 / 57, one block 16 / 49.
+  assert metrics.best_token_iou(obj, (1, 4, 4)) == pytest.approx(49 / 64)
+  assert metrics.best_token_iou(obj, (1, 1, 1)) == 1.0  # pixel tokens can match exactly
+  rng = np.random.default_rng(0)
+  mask = world.object_mask(scene("red", "triangle", "down"))
+  best = metrics.best_token_iou(mask, (1, 4, 4))
+  for _ in range(200):  # no token mask beats it
+    tokens = rng.random(5 * 4 * 4) < rng.random()
+    assert mask_iou(metrics.upsample_tokens(tokens, (5, 4, 4), (1, 4, 4)), mask) <= best + 1e-12
+  with pytest.raises(ValueError, match="grid of"):
+    metrics.best_token_iou(mask, (1, 3, 3))
+
+
 def test_noised_interpolates_between_video_and_noise():
   x0, e = np.full((2, 3), 1.0), np.full((2, 3), -1.0)
   np.testing.assert_allclose(metrics.noised(x0, e, 0.25), 0.5)
@@ -120,7 +136,7 @@ def test_contact_sheet_writes_a_png_of_the_right_size(tmp_path):
 
 
 def test_prompt_scores_read_the_prompts():
-  from t2vu_jax.toy.classifier import classify_batch
+  from t2vu_jax.toy.classifier import classify_batch, mask_iou
   scenes = [world.Scene("red", "square", "left", 9, 3), world.Scene("red", "circle", "still", 4, 4),
             world.Scene("blue", "cross", "up", 2, 9), world.Scene("green", "triangle", "down", 5, 0)]
   prompts = ["a crimson box drifting to the left", "a scarlet ring resting",

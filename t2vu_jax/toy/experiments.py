@@ -94,6 +94,7 @@ BASELINES = ("base", "negative prompting")
 ROWS = BASELINES + tuple(v.name for v in VARIANTS)
 SETS = ("train", "held_out", "others")
 SET_LABELS = {"train": "(a)", "held_out": "(b)", "others": "(c)"}
+LOC_SIGMAS = (0.3, 0.5, 0.7, 0.9)  # noise levels of the loc IoU profile
 
 
 # -- prompt sets -------------------------------------------------------------------------------------
@@ -320,6 +321,13 @@ def localization(pipe, sets: ConceptSets, settings: Settings) -> np.ndarray:
                                             settings.threshold) for i, s in enumerate(ev.scenes)])
 
 
+def localization_ceiling(pipe, sets: ConceptSets) -> float:
+  """Mean over set (a) of the best IoU any mask on the pipeline's token grid reaches."""
+  scale = tuple(pipe.transformer.config.patch_size)
+  return float(np.mean([metrics.best_token_iou(world.object_mask(s), scale)
+                        for s in sets.evaluation["train"].scenes]))
+
+
 # -- report ------------------------------------------------------------------------------------------
 
 
@@ -353,7 +361,8 @@ def markdown(results: dict, settings: Settings, model_dir: str, command: str, sh
            "with the true object mask, mean over layers and videos of set (a). It is computed on the base "
            "model (erasers off) at x_t = (1 − σ) x0 + σ e, x0 the true scene video, e Gaussian noise, "
            f"σ = {settings.loc_sigma} (t = {1000 * settings.loc_sigma:g}), so it is the same for every method "
-           "that uses localization.",
+           "that uses localization. The line above each table adds the IoU at other noise levels σ and its "
+           "ceiling: the mean IoU of the best mask of whole patch tokens (a token mask cannot do better).",
            "- **erasure s**: wall time of the erase stage (compilation included).", "",
            f"Settings: `{json.dumps(dataclasses.asdict(settings))}`", ""]
   for name, r in results.items():
@@ -362,7 +371,9 @@ def markdown(results: dict, settings: Settings, model_dir: str, command: str, sh
               f"{r['erase_prompts']} erase prompts ({r['erase_single_prompts']} without augmentation), "
               f"{r['preserve_prompts']} preservation prompts; {settings.eval_videos} videos per evaluation set; "
               f"negative prompt \"{r['negative_prompt']}\"; loc IoU per layer "
-              f"{', '.join(f'{x:.2f}' for x in r['loc_layers'])}.", "",
+              f"{', '.join(f'{x:.2f}' for x in r['loc_layers'])}; loc IoU at σ "
+              f"{', '.join(f'{k} {v:.2f}' for k, v in r['loc_by_sigma'].items())}; ceiling on the "
+              f"{r['patch']} token grid {r['loc_ceiling']:.2f}.", "",
               f"| model | ESR (a) | ESR (b) | PSR (c) | {others[0]} (a) | {others[1]} (a) | both (a) | loc IoU "
               "| erasure s |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -411,6 +422,8 @@ def run(model_dir: str, settings: Settings = Settings(), out: str | None = None,
       rows = {"base": evaluate("base", pipe, erasers=False),
               "negative prompting": evaluate("negative prompting", pipe, sets.negative_prompt, erasers=False)}
       loc = localization(pipe, sets, settings)
+      loc_by_sigma = {sigma: float(localization(pipe, sets, dataclasses.replace(settings, loc_sigma=sigma)).mean())
+                      for sigma in LOC_SIGMAS}
       for variant in VARIANTS:
         print(f"[{sets.name}] erasing: {variant.name}", file=log, flush=True)
         job_dir = os.path.join(workdir, f"{kind}_{value}_{variant.name.replace(' ', '_')}")
@@ -421,7 +434,10 @@ def run(model_dir: str, settings: Settings = Settings(), out: str | None = None,
         print(f"[{sets.name}] {variant.name}: {info['seconds']:.1f} s, {json.dumps(rows[variant.name])}",
               file=log, flush=True)
       results[sets.name] = {"kind": kind, "value": value, "rows": rows, "loc": float(loc.mean()),
-                            "loc_layers": [float(x) for x in loc.mean(0)], "negative_prompt": sets.negative_prompt,
+                            "loc_layers": [float(x) for x in loc.mean(0)], "loc_by_sigma": loc_by_sigma,
+                            "loc_ceiling": localization_ceiling(pipe, sets),
+                            "patch": "x".join(map(str, pipe.transformer.config.patch_size[1:])),
+                            "negative_prompt": sets.negative_prompt,
                             "erase_prompts": len(sets.erase), "erase_single_prompts": len(sets.erase_single),
                             "preserve_prompts": len(sets.preserve)}
       for name in SETS:

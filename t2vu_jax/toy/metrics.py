@@ -5,7 +5,8 @@
   PSR  preservation success rate: accuracy of that attribute on prompts naming the other values;
   attribute preservation: accuracy of the two other attributes on prompts naming the erased value;
   localization IoU: the binarised cross-attention concept mask (thresholded as the localization loss
-       does it), upsampled from the patch-token grid to pixels, against the true object mask.
+       does it), upsampled from the patch-token grid to pixels, against the true object mask; its
+       ceiling `best_token_iou` is what the best possible mask on that grid reaches.
 
 `readings` are `classifier.Reading`s (anything with `colour`, `shape`, `motion` attributes); `scenes`
 are `world.Scene`s (anything with `value(kind)`).
@@ -85,6 +86,21 @@ def localization_iou(concept_attention, grid: tuple[int, int, int], scale: tuple
     raise ValueError(f"the token grid {grid} at scale {scale} covers {pixels.shape[1:]} pixels, "
                      f"but the object mask is {object_mask.shape}")
   return np.array([mask_iou(m, object_mask) for m in pixels])
+
+
+def best_token_iou(object_mask, scale: tuple[int, int, int]) -> float:
+  """The highest IoU with `object_mask` (F, H, W) that any mask of whole `scale`-sized token blocks
+  reaches: a token-level localization mask cannot do better. With blocks of equal size the best set is
+  always the blocks covered above some fraction, so every such threshold is tried."""
+  mask = np.asarray(object_mask, bool)
+  if mask.ndim != 3 or any(n % s for n, s in zip(mask.shape, scale)):
+    raise ValueError(f"object mask of shape {mask.shape} is not a (F, H, W) grid of {tuple(scale)} blocks")
+  if not mask.any():
+    return 1.0
+  (f, h, w), (a, b, c) = mask.shape, scale
+  coverage = mask.reshape(f // a, a, h // b, b, w // c, c).mean((1, 3, 5))
+  return max(mask_iou(upsample_tokens((coverage >= q).ravel(), coverage.shape, scale), mask)
+             for q in np.unique(coverage[coverage > 0]))
 
 
 def noised(x0, noise, sigma: float):
