@@ -136,7 +136,6 @@ def test_contact_sheet_writes_a_png_of_the_right_size(tmp_path):
 
 
 def test_prompt_scores_read_the_prompts():
-  from t2vu_jax.toy.classifier import classify_batch, mask_iou
   scenes = [world.Scene("red", "square", "left", 9, 3), world.Scene("red", "circle", "still", 4, 4),
             world.Scene("blue", "cross", "up", 2, 9), world.Scene("green", "triangle", "down", 5, 0)]
   prompts = ["a crimson box drifting to the left", "a scarlet ring resting",

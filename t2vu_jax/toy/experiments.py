@@ -421,9 +421,9 @@ def run(model_dir: str, settings: Settings = Settings(), out: str | None = None,
       print(f"[{sets.name}] base and negative prompting", file=log, flush=True)
       rows = {"base": evaluate("base", pipe, erasers=False),
               "negative prompting": evaluate("negative prompting", pipe, sets.negative_prompt, erasers=False)}
-      loc = localization(pipe, sets, settings)
-      loc_by_sigma = {sigma: float(localization(pipe, sets, dataclasses.replace(settings, loc_sigma=sigma)).mean())
-                      for sigma in LOC_SIGMAS}
+      locs = {sigma: localization(pipe, sets, dataclasses.replace(settings, loc_sigma=sigma))
+              for sigma in dict.fromkeys((settings.loc_sigma, *LOC_SIGMAS))}  # each noise level once
+      loc = locs[settings.loc_sigma]
       for variant in VARIANTS:
         print(f"[{sets.name}] erasing: {variant.name}", file=log, flush=True)
         job_dir = os.path.join(workdir, f"{kind}_{value}_{variant.name.replace(' ', '_')}")
@@ -434,7 +434,8 @@ def run(model_dir: str, settings: Settings = Settings(), out: str | None = None,
         print(f"[{sets.name}] {variant.name}: {info['seconds']:.1f} s, {json.dumps(rows[variant.name])}",
               file=log, flush=True)
       results[sets.name] = {"kind": kind, "value": value, "rows": rows, "loc": float(loc.mean()),
-                            "loc_layers": [float(x) for x in loc.mean(0)], "loc_by_sigma": loc_by_sigma,
+                            "loc_layers": [float(x) for x in loc.mean(0)],
+                            "loc_by_sigma": {sigma: float(locs[sigma].mean()) for sigma in LOC_SIGMAS},
                             "loc_ceiling": localization_ceiling(pipe, sets),
                             "patch": "x".join(map(str, pipe.transformer.config.patch_size[1:])),
                             "negative_prompt": sets.negative_prompt,
