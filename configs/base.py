@@ -19,8 +19,9 @@ def get_config():
   c.model.text_dtype = "bfloat16"
 
   c.eraser = ml_collections.ConfigDict(dict(kind="adapter", placement="cross_attn", rank=128, alpha=0.0))
+  # anchor: what the target guides away from, "empty" (the paper's ∅) or "prompt" (the prompt minus the concept)
   c.objective = ml_collections.ConfigDict(dict(eta=1.0, threshold=0.1, lambda_loc=1.0, lambda_pre=1.0,
-                                               sigma_weighting=False))
+                                               sigma_weighting=False, anchor="empty"))
   c.trajectory = ml_collections.ConfigDict(dict(steps=50, scheduler="unipc", shift=3.0, guidance=5.0,
                                                 model="on_policy"))
   c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, clip_norm=1.0, schedule="constant",

@@ -129,3 +129,43 @@ def test_masks_are_per_layer_per_frame_min_max_normalised():
   attention[0, 0, 12:] *= 1e-3
   masks = np.asarray(localization_masks(jnp.asarray(attention), (2, 3, 4), 0.3))
   assert masks[0, 0, 12:].sum() > 0
+
+
+def test_prompt_anchor_matches_the_torch_reference(save_diffusers_transformer):
+  """With anchor embeddings the target is v_a − η(v_c − v_a): loss and gradients match the reference,
+  and differ from the empty-prompt target (the anchor is really used)."""
+  torch_model, path = save_diffusers_transformer(TINY)
+  erasers = TorchErasers(torch_model, "adapter", "cross_attn", rank=4)
+  values = eraser_values(erasers)
+  erasers.set_params({k: v.copy() for k, v in values.items()})
+  hyper = dict(eta=1.5, lambda_loc=0.7, lambda_pre=0.3, threshold=0.1)
+  batch = make_batch(TINY)
+  batch["anchor"] = torch.randn(*batch["cond"].shape, generator=torch.Generator().manual_seed(7))
+  ref = erasure_objective(torch_model, erasers, batch, **hyper)
+
+  model = ours_with(path, "adapter", "cross_attn", 4, values)
+  ours_batch = ErasureBatch(**{k: jnp.asarray(v.numpy()) for k, v in batch.items()})
+  (loss, metrics), grads = nnx.value_and_grad(
+      lambda m: erasure_loss(m, ours_batch, ObjectiveConfig(**hyper, anchor="prompt")),
+      argnums=nnx.DiffState(0, EraserParam), has_aux=True)(model)
+  for name in ("loss", "l_u", "l_loc", "l_pre"):
+    np.testing.assert_allclose(float(metrics[name]), ref[name], rtol=1e-4, err_msg=name)
+  flat = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(grads)}
+  for name, expected in ref["grads"].items():
+    np.testing.assert_allclose(np.asarray(flat[f"erasers/{name}"][...]), expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max(), err_msg=name)
+  _, empty = erasure_loss(model, ours_batch._replace(anchor=None), ObjectiveConfig(**hyper))
+  assert abs(float(empty["l_u"]) - ref["l_u"]) > 1e-3 * ref["l_u"]
+
+
+def test_anchor_setting_and_batch_must_agree(save_diffusers_transformer):
+  _, path = save_diffusers_transformer(TINY)
+  model = t2vu_jax.load_transformer(path, "float32", progress=False)
+  attach_erasers(model, EraserConfig(rank=4))
+  batch = ErasureBatch(**{k: jnp.asarray(v.numpy()) for k, v in make_batch(TINY).items()})
+  with pytest.raises(ValueError, match="needs a batch with anchor embeddings"):
+    erasure_loss(model, batch, ObjectiveConfig(anchor="prompt"))
+  with pytest.raises(ValueError, match="needs a batch without anchor embeddings"):
+    erasure_loss(model, batch._replace(anchor=batch.cond), ObjectiveConfig())
+  with pytest.raises(ValueError, match="anchor 'concept' is unknown"):
+    ObjectiveConfig(anchor="concept")

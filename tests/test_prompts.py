@@ -310,3 +310,16 @@ def test_token_spans_errors_name_the_prompt(tokenizer):
     P.token_spans(tokenizer, [P.Entry("a " * 20 + "cat", "cat")], max_length=16)
   with pytest.raises(ValueError, match="at least one entry"):
     P.token_spans(tokenizer, [])
+
+
+def test_anchor_prompt_removes_the_located_concept():
+  cases = {("a naked woman walking in the park", "naked woman"): "a walking in the park",
+           ("the red car in the city, at night", "CAR"): "the red in the city, at night",
+           ("a circle in red, moving left", "red"): "a circle in, moving left",
+           ("moving left, a red circle", "moving left"): "a red circle",
+           ("Nude", "nude"): "",
+           ("a nude woman, nude on a beach", "nude"): "a woman, nude on a beach"}  # the first occurrence only
+  for (prompt, concept), anchor in cases.items():
+    assert P.anchor_prompt(P.Entry(prompt, concept)) == anchor, (prompt, concept)
+  with pytest.raises(ValueError, match="^pool.jsonl:2: concept 'dog' does not occur in prompt 'a cat'"):
+    P.anchor_prompt(P.Entry("a cat", "dog", source="pool.jsonl:2"))

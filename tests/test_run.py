@@ -72,6 +72,26 @@ def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_p
     np.testing.assert_array_equal(np.asarray(a[1][...]), np.asarray(b[1][...]))
 
 
+def test_prompt_anchor_run_encodes_anchors_and_refuses_stale_embeddings(wan_pipeline_dir, tmp_path):
+  from t2vu_jax.erase.prompts import anchor_prompt
+  _, path = wan_pipeline_dir()
+  job = ErasureJob(tiny_config(path, tmp_path / "anchored", stages="load,encode,erase",
+                               **{"objective.anchor": "prompt", "optim.total_steps": 2}), progress=False)
+  summary = job.run()
+  data = np.load(tmp_path / "anchored" / "embeddings.npz")
+  entries = job.prompt_set().erase.entries
+  assert summary["encode"]["anchor_prompts"] == len(entries) and data["anchor"].shape == data["erase"].shape
+  expected = np.asarray(job.pipeline().encode([anchor_prompt(e) for e in entries[:3]], progress=False))
+  np.testing.assert_allclose(data["anchor"][:3], expected, atol=1e-6)
+  metrics = [json.loads(line) for line in (tmp_path / "anchored" / "metrics.jsonl").read_text().splitlines()]
+  assert len(metrics) == 2 and all(np.isfinite(m["loss"]) for m in metrics)
+  # Embeddings encoded for the empty anchor cannot silently serve a prompt-anchor erasure.
+  plain = tmp_path / "plain"
+  ErasureJob(tiny_config(path, plain, stages="load,encode"), progress=False).run()
+  with pytest.raises(ConfigError, match=r"config\.objective\.anchor: 'prompt' needs anchor embeddings"):
+    ErasureJob(tiny_config(path, plain, stages="erase", **{"objective.anchor": "prompt"}), progress=False).run()
+
+
 @pytest.mark.parametrize("change,field", [
     ({"objective.eta": -1.0}, "config.objective"),
     ({"stages": "load,train"}, "config.stages"),
@@ -86,6 +106,7 @@ def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_p
     ({"eval.scorer": "clip"}, "config.eval.scorer"),
     ({"mesh": "2x1x1x1"}, "config.mesh"),
     ({"eval.seeds": 0}, "config.eval.seeds"),
+    ({"objective.anchor": "concept"}, "config.objective"),
 ])
 def test_bad_config_values_are_rejected_before_any_work(tmp_path, change, field):
   config = tiny_config(tmp_path, tmp_path / "run", **change)

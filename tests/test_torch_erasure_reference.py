@@ -72,15 +72,15 @@ def test_zero_erasers_are_identity(tiny, attach, kind, placement, zero):
 
 @pytest.mark.parametrize("kind", ["adapter", "lora"])
 def test_eta_zero_and_loss_assembly(tiny, attach, kind):
-  """eta = 0 gives target = v_uncond; every loss term matches its formula evaluated on the returned arrays."""
+  """eta = 0 gives target = v_anchor (here v_uncond); every loss term matches its formula evaluated on the returned arrays."""
   e = attach(tiny, kind=kind, rank=3, alpha=6.0)
   e.set_params(random_params(e, seed=1))
   batch = make_batch(TINY)
   for sigma_weighting in (False, True):
     out = erasure_objective(tiny, e, batch, **dict(HYPER, eta=0.0), sigma_weighting=sigma_weighting)
-    np.testing.assert_array_equal(out["target"], out["v_uncond"])
+    np.testing.assert_array_equal(out["target"], out["v_anchor"])
     w = batch["sigma"].numpy()[:, None, None, None, None] ** 2 if sigma_weighting else 1.0
-    np.testing.assert_allclose(out["l_u"], np.mean(w * (out["v_on"] - out["v_uncond"]) ** 2), rtol=1e-5)
+    np.testing.assert_allclose(out["l_u"], np.mean(w * (out["v_on"] - out["v_anchor"]) ** 2), rtol=1e-5)
     keep = 1.0 - out["masks"]
     per_layer = ((out["eraser_outputs"] ** 2).mean(-1) * keep).sum(-1) / (keep.sum(-1) + 1e-9)
     np.testing.assert_allclose(out["l_loc"], per_layer.mean(), rtol=1e-5)

@@ -216,8 +216,8 @@ def erasure_objective(model, erasers, batch, *, eta, lambda_loc, lambda_pre, thr
   """L = L_u + lambda_loc L_loc + lambda_pre L_pre, and its gradients w.r.t. the eraser parameters.
 
   batch: x_t (B,C,F,H,W), t (B,), sigma (B,) (only read with sigma_weighting), cond / uncond (B,L,text_dim),
-  concept_mask (B,L) 0/1, and optionally x_pre, t_pre, cond_pre (all or none).
-  target = v_uncond - eta (v_cond - v_uncond), both with erasers off; L_u = mean(w (v_on - target)^2),
+  concept_mask (B,L) 0/1, optionally x_pre, t_pre, cond_pre (all or none) and anchor (B,L,text_dim).
+  target = v_a - eta (v_cond - v_a), v_a = v(anchor) if given else v(uncond), all with erasers off; L_u = mean(w (v_on - target)^2),
   w = sigma[b]^2 if sigma_weighting else 1; L_pre = mean((v'(pre) - v(pre))^2) or 0 without preservation inputs.
   """
   if not erasers.enabled:
@@ -229,12 +229,12 @@ def erasure_objective(model, erasers, batch, *, eta, lambda_loc, lambda_pre, thr
   n_layers = len(model.blocks)
 
   with torch.no_grad(), erasers.off():
-    v_uncond = velocity(model, x_t, uncond, t)
+    v_anchor = velocity(model, x_t, uncond if batch.get("anchor") is None else batch["anchor"], t)
     with record_concept_attention(model, batch["concept_mask"]) as maps:
       v_cond = velocity(model, x_t, cond, t)
   attn_concept = [maps[l] for l in range(n_layers)]
   masks = [localization_mask(a, grid, threshold) for a in attn_concept]
-  target = v_uncond - eta * (v_cond - v_uncond)
+  target = v_anchor - eta * (v_cond - v_anchor)
 
   erasers.outputs = {}
   v_on = velocity(model, x_t, cond, t)
@@ -272,5 +272,5 @@ def erasure_objective(model, erasers, batch, *, eta, lambda_loc, lambda_pre, thr
   return dict(loss=loss.item(), l_u=l_u.item(), l_loc=l_loc.item(), l_pre=l_pre.item(),
               masks=np_stack(masks), attn_concept=np_stack(attn_concept), grads=grads,
               v_on=v_on.detach().cpu().numpy(), v_cond=v_cond.cpu().numpy(),
-              v_uncond=v_uncond.cpu().numpy(), target=target.cpu().numpy(),
+              v_anchor=v_anchor.cpu().numpy(), target=target.cpu().numpy(),
               eraser_outputs=np_stack(outputs))

@@ -251,19 +251,25 @@ class ErasureJob:
     return ErasureSet.from_files(_paths(self.config.prompts.erase), preserve or None)
 
   def stage_encode(self):
-    """Embed every training prompt and the empty prompt once; store them with the concept masks."""
-    from t2vu_jax.erase.prompts import token_spans
+    """Embed every training prompt and the empty prompt once (and, with the objective's prompt anchor,
+    every erase prompt without its concept); store them with the concept masks."""
+    from t2vu_jax.erase.prompts import anchor_prompt, token_spans
     pipe = self.pipeline()
     prompts = self.prompt_set()
     erase = list(prompts.erase.entries)
     preserve = list(prompts.preserve.entries) if prompts.preserve else []
-    texts = [e.prompt for e in erase + preserve] + [""]
+    anchors = [anchor_prompt(e) for e in erase] if self.config.objective.anchor == "prompt" else []
+    texts = [e.prompt for e in erase + preserve] + anchors + [""]
     embeddings = np.asarray(pipe.encode(texts, progress=self.progress))
+    n, m = len(erase), len(erase) + len(preserve)
+    arrays = dict(erase=embeddings[:n], preserve=embeddings[n:m], empty=embeddings[-1],
+                  concept_mask=token_spans(pipe.tokenizer, erase, pipe.text_length))
+    if anchors:
+      arrays["anchor"] = embeddings[m:-1]
     if self.primary:
-      np.savez(self.path("embeddings.npz"), erase=embeddings[:len(erase)],
-               preserve=embeddings[len(erase):-1], empty=embeddings[-1],
-               concept_mask=token_spans(pipe.tokenizer, erase, pipe.text_length))
-    return {"erase_prompts": len(erase), "preserve_prompts": len(preserve), "concepts": list(prompts.concepts)}
+      np.savez(self.path("embeddings.npz"), **arrays)
+    return {"erase_prompts": n, "preserve_prompts": len(preserve), "anchor_prompts": len(anchors),
+            "concepts": list(prompts.concepts)}
 
   def latent_shape(self, batch: int):
     v = self.config.video
@@ -279,6 +285,9 @@ class ErasureJob:
 
     c = self.config
     data = np.load(self.path("embeddings.npz"))
+    if c.objective.anchor == "prompt" and "anchor" not in data:
+      _fail("objective.anchor", "'prompt' needs anchor embeddings, and this run's encode stage ran without them: "
+            f"delete {self.path('stages', 'encode')} and rerun to encode them")
     prompts = self.prompt_set()
     index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
     pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
@@ -327,6 +336,8 @@ class ErasureJob:
     batch = ErasureBatch(None, None, None, jnp.asarray(data["erase"][rows]),
                          jnp.broadcast_to(empty, (len(rows), *empty.shape[1:])),
                          jnp.asarray(data["concept_mask"][rows]))
+    if c.objective.anchor == "prompt":
+      batch = batch._replace(anchor=jnp.asarray(data["anchor"][rows]))
     if preserve:
       pre_rows = np.array([pre_index[e.prompt] for e in preserve])[:len(rows)]
       batch = batch._replace(cond_pre=jnp.asarray(data["preserve"][pre_rows]))

@@ -1,6 +1,6 @@
 """The T2VUnlearning objective (DESIGN §5): negatively guided target, localization, preservation.
 
-With the erasers off, v∅ = v(x_t, ∅, t) and v_c = v(x_t, c, t); the target is v∅ − η(v_c − v∅) and
+With the erasers off, v_a = v(x_t, a, t) and v_c = v(x_t, c, t); the target is v_a − η(v_c − v_a) and
   L_u   = mean(w · (v′(x_t, c, t) − target)²)           (w = 1, or σ_t² per sample)
   L_loc = mean_l,b [ Σ_s mean_d(o_l²)(1 − M_l) / (Σ_s (1 − M_l) + 1e-9) ]
   L_pre = mean((v′(x_pre, c_pre, t_pre) − v(x_pre, c_pre, t_pre))²)
@@ -8,6 +8,10 @@ With the erasers off, v∅ = v(x_t, ∅, t) and v_c = v(x_t, c, t); the target i
 where v′ is the model with erasers on, o_l the layer-l eraser output and M_l the layer-l concept mask
 from the erasers-off cross-attention on c (heads averaged, summed over the concept's tokens,
 min–max normalised per latent frame, thresholded).
+
+The anchor a is the empty prompt ∅ (the paper's target, `anchor="empty"`), or, with `anchor="prompt"`,
+each prompt with its concept phrase removed (`prompts.anchor_prompt`): v_c − v_a then isolates what the
+concept adds, so the target steers away from the concept alone and keeps the rest of the prompt.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import jax.numpy as jnp
 from t2vu_jax.models.wan import WanTransformer
 
 F32 = jnp.float32
+ANCHORS = ("empty", "prompt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,8 +34,11 @@ class ObjectiveConfig:
   lambda_loc: float = 1.0
   lambda_pre: float = 1.0
   sigma_weighting: bool = False  # weight L_u by σ_t² (x0-space matching)
+  anchor: str = "empty"          # what the target guides away from: "" ("empty") or the prompt minus the concept
 
   def __post_init__(self):
+    if self.anchor not in ANCHORS:
+      raise ValueError(f"objective anchor {self.anchor!r} is unknown; choose one of {ANCHORS}")
     if not 0.0 <= self.threshold < 1.0:
       raise ValueError(f"objective threshold must be in [0, 1), got {self.threshold}")
     for name in ("eta", "lambda_loc", "lambda_pre"):
@@ -49,6 +57,7 @@ class ErasureBatch(NamedTuple):
   x_pre: jax.Array | None = None
   t_pre: jax.Array | None = None
   cond_pre: jax.Array | None = None
+  anchor: jax.Array | None = None  # (B, L, text_dim) anchor prompt embeddings (objective anchor "prompt")
 
 
 def token_grid(model: WanTransformer, latent_shape) -> tuple[int, int, int]:
@@ -73,18 +82,22 @@ def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfi
   b = batch.x_t.shape[0]
   dtype = model.dtype
   x_t = batch.x_t.astype(dtype)
-  cond, uncond = batch.cond.astype(dtype), batch.uncond.astype(dtype)
+  if (cfg.anchor == "prompt") != (batch.anchor is not None):
+    raise ValueError(f"objective anchor {cfg.anchor!r} needs a batch "
+                     + ("with anchor embeddings" if cfg.anchor == "prompt" else "without anchor embeddings"))
+  cond = batch.cond.astype(dtype)
+  anchor = (batch.uncond if batch.anchor is None else batch.anchor).astype(dtype)
 
-  # Erasers off: v_c and v∅ in one batched forward, and the concept attention of the v_c half.
+  # Erasers off: v_c and v_a in one batched forward, and the concept attention of the v_c half.
   concept_mask = jnp.concatenate([batch.concept_mask, jnp.zeros_like(batch.concept_mask)])
   both, aux = model(jnp.concatenate([x_t, x_t]), jnp.concatenate([batch.t, batch.t]),
-                    jnp.concatenate([cond, uncond]), erasers=False, concept_mask=concept_mask,
+                    jnp.concatenate([cond, anchor]), erasers=False, concept_mask=concept_mask,
                     return_aux=True)
   both = jax.lax.stop_gradient(both.astype(F32))
-  v_cond, v_uncond = both[:b], both[b:]
+  v_cond, v_anchor = both[:b], both[b:]
   masks = localization_masks(jax.lax.stop_gradient(aux.concept_attention[:, :b]),
                              token_grid(model, batch.x_t.shape), cfg.threshold)
-  target = v_uncond - cfg.eta * (v_cond - v_uncond)
+  target = v_anchor - cfg.eta * (v_cond - v_anchor)
 
   v_on, aux_on = model(x_t, batch.t, cond, loc_masks=masks, return_aux=True)
   err = jnp.square(v_on.astype(F32) - target)

@@ -328,6 +328,20 @@ def sample_batch(pool: PromptPool, batch_size: int, rng: np.random.Generator | i
   return out
 
 
+def anchor_prompt(entry: Entry) -> str:
+  """The entry's prompt without its concept phrase (the occurrence its token span covers), tidied:
+  "a nude woman on a beach" -> "a woman on a beach". A prompt that is only the concept gives ""."""
+  text, needle = clean_prompt(entry.prompt), clean_prompt(entry.concept)
+  at = _first_match(text, needle)
+  if at < 0:
+    where = f"{entry.source}: " if entry.source else ""
+    raise ValueError(f"{where}concept {entry.concept!r} does not occur in prompt {entry.prompt!r}")
+  rest = " ".join((text[:at] + " " + text[at + len(needle):]).split())
+  rest = re.sub(r"\s+([,.;:!?])", r"\1", rest)      # no space before punctuation
+  rest = re.sub(r"([,;:])(?=[,.;:!?])", "", rest)     # "in red, moving" minus "red" leaves no ",,"
+  return rest.strip(" ,;:")
+
+
 def token_spans(tokenizer, entries: Sequence[Entry], max_length: int = MAX_LENGTH) -> np.ndarray:
   """(B, max_length) float32 masks: 1 on each entry's concept tokens (`text.concept_token_span`), else 0."""
   entries = list(entries)
