@@ -10,6 +10,7 @@ from PIL import Image
 from t2vu_jax.erase.prompts import ErasureSet, PromptPool
 from t2vu_jax.evaluate.sheet import sheet_size
 from t2vu_jax.toy import experiments as E
+from t2vu_jax.toy import pretrain as P
 from t2vu_jax.toy import world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,8 +73,9 @@ def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
   assert f"python -m t2vu_jax.toy.experiments --model {model}" in text.splitlines()[2]
   for row in E.ROWS:
     assert text.count(f"\n| {row} |") == len(E.QUICK.concepts)
-  assert "loc IoU at σ 0.3 " in text and "ceiling on the 4x4 token grid 0." in text
+  _, ph, pw = P.TOY_WAN.patch_size
+  assert "loc IoU at σ 0.3 " in text and f"ceiling on the {ph}x{pw} token grid 0." in text
   for variant in E.VARIANTS:  # every erasure ran its job to the end
     assert (jobs / f"colour_red_{variant.name.replace(' ', '_')}" / "stages" / "erase").exists()
-  rows = 3 * len(E.SETS) * len(E.QUICK.concepts)
+  rows = len(E.SHEET_ROWS) * len(E.SETS) * len(E.QUICK.concepts)
   assert Image.open(out.with_suffix(".png")).size == sheet_size([(5, 16, 16, 3)] * rows, E.QUICK.sheet_scale)

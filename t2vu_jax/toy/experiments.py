@@ -12,7 +12,8 @@ For each concept (kind, value), e.g. ("colour", "red"):
                     (c) the other values of the kind (any wording);
   rows              base model; negative prompting (base model, the value's first training wording as
                     negative prompt); erased with the full method, without localization (λ_loc = 0),
-                    without preservation (λ_pre = 0, no preservation prompts), without augmentation.
+                    without preservation (λ_pre = 0, no preservation prompts), without augmentation;
+                    and the full method with the prompt anchor (`objective.anchor="prompt"`).
 Every erasure is one `ErasureJob` (stages load, encode, erase) on JSONL pools written from the training
 prompts: the same code path as `run.py`. Every model samples each evaluation set from the same noise.
 Scores are those of `t2vu_jax.toy.metrics`; the localization IoU uses the base model (erasers off) on
@@ -86,12 +87,14 @@ class Variant:
   loc: bool = True
   preserve: bool = True
   augment: bool = True
+  anchor: str = "empty"  # objective.anchor
 
 
 VARIANTS = (Variant("full"), Variant("no localization", loc=False), Variant("no preservation", preserve=False),
-            Variant("no augmentation", augment=False))
+            Variant("no augmentation", augment=False), Variant("prompt anchor", anchor="prompt"))
 BASELINES = ("base", "negative prompting")
 ROWS = BASELINES + tuple(v.name for v in VARIANTS)
+SHEET_ROWS = ("base", "full", "prompt anchor", "negative prompting")  # the contact sheet's models
 SETS = ("train", "held_out", "others")
 SET_LABELS = {"train": "(a)", "held_out": "(b)", "others": "(c)"}
 LOC_SIGMAS = (0.3, 0.5, 0.7, 0.9)  # noise levels of the loc IoU profile
@@ -234,7 +237,8 @@ def erasure_config(settings: Settings, variant: Variant, model_dir: str, workdir
   c.eraser.rank = settings.rank
   c.objective.update(dict(eta=float(settings.eta), threshold=float(settings.threshold),
                           lambda_loc=float(settings.lambda_loc) if variant.loc else 0.0,
-                          lambda_pre=float(settings.lambda_pre) if variant.preserve else 0.0))
+                          lambda_pre=float(settings.lambda_pre) if variant.preserve else 0.0,
+                          anchor=variant.anchor))
   c.trajectory.update(dict(steps=settings.trajectory_steps, scheduler=scheduler, shift=float(shift),
                            guidance=float(settings.guidance), model="on_policy"))
   c.optim.update(dict(learning_rate=float(settings.learning_rate), total_steps=settings.steps))
@@ -349,7 +353,9 @@ def markdown(results: dict, settings: Settings, model_dir: str, command: str, sh
            "λ_pre·L_pre, with preservation prompts naming the other values of the attribute; **no localization** "
            "λ_loc = 0; **no preservation** λ_pre = 0 and no preservation prompts; **no augmentation** erase "
            "prompts from one template with the first training wording of every attribute (one prompt per "
-           "combination of the other attributes' values), preservation as in full.", "",
+           "combination of the other attributes' values), preservation as in full; **prompt anchor** full with "
+           "`objective.anchor=prompt`: the target v_a − η(v_c − v_a) takes v_a on the erase prompt without its "
+           "concept phrase instead of on \"\", so it steers away from the concept alone.", "",
            "- **ESR** (erasure success rate): share of videos prompted with the erased value whose reading of "
            "that attribute is not that value (a video without a visible object counts, so read it together "
            "with the other attributes); (a) training wordings, (b) the held-out wording.",
@@ -387,8 +393,8 @@ def markdown(results: dict, settings: Settings, model_dir: str, command: str, sh
     lines.append("")
   if sheet:
     lines += [f"Contact sheet (`{os.path.basename(sheet)}`): per concept, the first prompt of each evaluation "
-              "set (a), (b), (c) from the base model, the fully erased model and negative prompting, from the "
-              "same noise; each row is labelled `value (set) | model | prompt`.", "",
+              "set (a), (b), (c) from the base model, the full and prompt-anchor erasures and negative "
+              "prompting, from the same noise; each row is labelled `value (set) | model | prompt`.", "",
               f"![contact sheet]({os.path.basename(sheet)})", ""]
   return "\n".join(lines)
 
@@ -443,7 +449,7 @@ def run(model_dir: str, settings: Settings = Settings(), out: str | None = None,
                             "preserve_prompts": len(sets.preserve)}
       for name in SETS:
         text = sets.evaluation[name].prompts[0].text
-        for row in ("base", "full", "negative prompting"):
+        for row in SHEET_ROWS:
           sheet_videos.append(videos[row][name][0])
           sheet_labels.append(f"{sets.value} {SET_LABELS[name]} | {row} | {text}")
   text = markdown(results, settings, model_dir, command, sheet, time.time() - start)
