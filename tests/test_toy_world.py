@@ -1,4 +1,5 @@
 """The toy world: exact renders, prompts with held-out wordings, the toy tokenizer, the exact classifier."""
+import re
 
 import numpy as np
 import pytest
@@ -134,6 +135,25 @@ def test_dataset_is_deterministic():
   assert a[1:] == b[1:]
   assert a[1] != c[1] and not np.array_equal(a[0], c[0])
   assert world.prompt(a[2][0], 5) == world.prompt(a[2][0], 5)
+
+
+def test_dataset_omit_leaves_one_attribute_unnamed():
+  videos, full, scenes = world.dataset(7, 400)
+  videos_o, omitted, scenes_o = world.dataset(7, 400, omit=0.3)
+  np.testing.assert_array_equal(videos, videos_o)  # same scenes and videos: only prompts change
+  assert scenes == scenes_o
+  changed = [(f, o, s) for f, o, s in zip(full, omitted, scenes) if f != o]
+  assert 0.2 < len(changed) / 400 < 0.4
+  left_out = set()
+  for f, o, s in changed:  # exactly one of the scene's attributes is no longer named
+    words = f" {re.sub(r'[^a-z]+', ' ', o)} "
+    missing = [k for k in world.KINDS if not any(f" {w} " in words for w in world.wordings(k, s.value(k)))]
+    assert len(missing) == 1 and len(o) < len(f), (f, o)
+    left_out.add(missing[0])
+  assert left_out == set(world.KINDS)
+  assert world.dataset(7, 400, omit=0.0)[1] == full
+  with pytest.raises(ValueError, match="omit must be a share in"):
+    world.dataset(7, 4, omit=1.5)
 
 
 def test_wordings_held_out_are_disjoint_from_training():

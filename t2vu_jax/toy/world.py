@@ -263,18 +263,32 @@ def prompt(scene: Scene, rng: np.random.Generator | int, held_out: bool | None |
   return compose(template, phrases)
 
 
-def dataset(seed: int, n: int, frames: int = FRAMES, size: int = SIZE, held_out: bool | None = None
-            ) -> tuple[np.ndarray, list[str], list[Scene]]:
+def leave_out(p: Prompt, kind: str) -> str:
+  """The prompt's text without its `kind` phrase, cut out exactly as an erasure anchor is
+  (`erase.prompts.anchor_prompt`): "a red circle moving left" without colour is "a circle moving left"."""
+  from t2vu_jax.erase.prompts import anchor_prompt
+  return anchor_prompt(p.entry(kind))
+
+
+def dataset(seed: int, n: int, frames: int = FRAMES, size: int = SIZE, held_out: bool | None = None,
+            omit: float = 0.0) -> tuple[np.ndarray, list[str], list[Scene]]:
   """(videos (n, frames, size, size, 3) float32 in [-1, 1], prompts, scenes), a function of its arguments.
 
-  Pretraining uses every wording (held_out=None); text dropout for classifier-free guidance is left to
-  the trainer.
+  A share `omit` of the prompts leaves one attribute (uniform over kinds) unnamed (`leave_out`), so that
+  a model learns what prompts that name only some attributes mean, as the erasure anchors do; the
+  other prompts are those of `omit=0`. Pretraining uses every wording (held_out=None); text dropout for
+  classifier-free guidance is left to the trainer.
   """
   if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
     raise ValueError(f"n must be a non-negative integer, got {n!r}")
+  if not 0.0 <= omit <= 1.0:
+    raise ValueError(f"omit must be a share in [0, 1], got {omit!r}")
   rng = np.random.default_rng(seed)
   scenes = sample_scenes(rng, n, frames, size)
-  prompts = [prompt(s, rng, held_out).text for s in scenes]
+  prompts = [prompt(s, rng, held_out) for s in scenes]
+  left_out = np.random.default_rng([seed, 1])  # its own stream: omit=0 draws exactly what it always did
+  drop, kinds = left_out.random(n) < omit, left_out.integers(len(KINDS), size=n)
+  prompts = [leave_out(p, KINDS[k]) if d else p.text for p, d, k in zip(prompts, drop, kinds)]
   videos = np.zeros((n, frames, size, size, 3), np.float32)
   for i, s in enumerate(scenes):
     videos[i] = render(s, frames, size)
