@@ -42,3 +42,10 @@ def test_same_seed_same_parameters_and_saved_pipeline_loads(tmp_path):
   assert frames.shape == (2, 5, 16, 16, 3) and 0 <= frames.min() and frames.max() <= 1
   size = sum(f.stat().st_size for f in (tmp_path / "toy").rglob("*") if f.is_file())
   assert size < 10 * 2**20, size
+
+  # The time-reversal diagnostic: still videos are their own reversal (time is the reversed axis).
+  from t2vu_jax.toy.direction import reversal_losses
+  still = reversal_losses(pipe, n=3, sigmas=(0.5,), motions=("still",))[0.5]
+  assert still["cond_true"] == still["cond_reversed"] and still["uncond_true"] == still["uncond_reversed"]
+  moving = reversal_losses(pipe, n=3, sigmas=(0.5,))[0.5]
+  assert moving["cond_true"] != moving["cond_reversed"] and all(np.isfinite(list(moving.values())))
