@@ -72,7 +72,8 @@ def test_zero_erasers_are_identity(tiny, attach, kind, placement, zero):
 
 @pytest.mark.parametrize("kind", ["adapter", "lora"])
 def test_eta_zero_and_loss_assembly(tiny, attach, kind):
-  """eta = 0 gives target = v_anchor (here v_uncond); every loss term matches its formula evaluated on the returned arrays."""
+  """eta = 0 gives target = v_anchor (here v_uncond); every loss term matches its formula evaluated on the
+  returned arrays."""
   e = attach(tiny, kind=kind, rank=3, alpha=6.0)
   e.set_params(random_params(e, seed=1))
   batch = make_batch(TINY)

@@ -217,8 +217,9 @@ def erasure_objective(model, erasers, batch, *, eta, lambda_loc, lambda_pre, thr
 
   batch: x_t (B,C,F,H,W), t (B,), sigma (B,) (only read with sigma_weighting), cond / uncond (B,L,text_dim),
   concept_mask (B,L) 0/1, optionally x_pre, t_pre, cond_pre (all or none) and anchor (B,L,text_dim).
-  target = v_a - eta (v_cond - v_a), v_a = v(anchor) if given else v(uncond), all with erasers off; L_u = mean(w (v_on - target)^2),
-  w = sigma[b]^2 if sigma_weighting else 1; L_pre = mean((v'(pre) - v(pre))^2) or 0 without preservation inputs.
+  target = v_a - eta (v_cond - v_a), v_a = v(anchor) if given else v(uncond), all with erasers off;
+  L_u = mean(w (v_on - target)^2), w = sigma[b]^2 if sigma_weighting else 1;
+  L_pre = mean((v'(pre) - v(pre))^2) or 0 without preservation inputs.
   """
   if not erasers.enabled:
     raise RuntimeError("erasure_objective needs the erasers enabled (it turns them off where the math says)")

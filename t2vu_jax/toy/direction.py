@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t2vu_jax.toy import world
+from t2vu_jax.toy import metrics, world
 
 SIGMAS = (0.95, 0.9, 0.8, 0.6, 0.4, 0.2)
 
@@ -48,7 +48,7 @@ def reversal_losses(pipe, n: int = 96, sigmas=SIGMAS, seed: int = 0, motions=("l
     t = jnp.full((n,), 1000.0 * sigma, jnp.float32)
     out[sigma] = {}
     for name, clip in clips.items():
-      x_t = jnp.asarray((1 - sigma) * clip + sigma * noise)
+      x_t = jnp.asarray(metrics.noised(clip, noise, sigma), jnp.float32)
       for c, context in contexts.items():
         v = np.asarray(_velocity(pipe.transformer, x_t, t, context))
         out[sigma][f"{c}_{name}"] = float(np.mean((v - (noise - clip)) ** 2))
