@@ -101,8 +101,8 @@ def main(argv=None) -> int:
   graphdef, train_state = init_train_state(model, tx)
   step = make_train_step(graphdef, tx, ObjectiveConfig())
   concept = jnp.zeros((1, text_len)).at[:, 3:5].set(1.0)
-  batch = ErasureBatch(x, t, jnp.array([0.5]), cond, uncond, concept, normal(latent), jnp.array([300.0]),
-                       normal((1, text_len, cfg.text_dim)))
+  batch = ErasureBatch(x_t=x, t=t, sigma=jnp.array([0.5]), cond=cond, uncond=uncond, concept_mask=concept,
+                       x_pre=normal(latent), t_pre=jnp.array([300.0]), cond_pre=normal((1, text_len, cfg.text_dim)))
   holder = {"state": train_state}
 
   def train_step():

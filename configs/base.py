@@ -1,7 +1,11 @@
-"""Defaults shared by every erasure config (DESIGN §5); other configs start from `get_config()` here."""
+"""Defaults shared by every erasure config (DESIGN §5); other configs start from `get_config()` here.
+
+The `eraser`, `objective`, `trajectory` and `optim` groups take their fields and defaults from the
+library's dataclasses (`t2vu_jax.erase.run_config.GROUPS`), so each default is written once.
+"""
 import ml_collections
 
-STAGES = ("load", "encode", "erase", "export", "evaluate", "report")
+from t2vu_jax.erase.run_config import GROUPS, STAGES, config_group
 
 
 def get_config():
@@ -18,14 +22,8 @@ def get_config():
   c.model.dtype = "bfloat16"     # transformer weights and activations (norms stay fp32)
   c.model.text_dtype = "bfloat16"
 
-  c.eraser = ml_collections.ConfigDict(dict(kind="adapter", placement="cross_attn", rank=128, alpha=0.0))
-  # anchor: what the target guides away from, "empty" (the paper's ∅) or "prompt" (the prompt minus the concept)
-  c.objective = ml_collections.ConfigDict(dict(eta=1.0, threshold=0.1, lambda_loc=1.0, lambda_pre=1.0,
-                                               sigma_weighting=False, anchor="empty"))
-  c.trajectory = ml_collections.ConfigDict(dict(steps=50, scheduler="unipc", shift=3.0, guidance=5.0,
-                                                model="on_policy"))
-  c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-4, clip_norm=1.0, schedule="constant",
-                                           warmup_steps=0, total_steps=300))
+  for group, cls in GROUPS.items():  # eraser, objective, trajectory, optim
+    c[group] = config_group(cls)
   c.video = ml_collections.ConfigDict(dict(frames=81, height=480, width=832))  # training trajectories
   c.batch_size = 1
   c.preserve_batch_size = 1

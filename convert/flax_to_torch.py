@@ -5,13 +5,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from convert.load import load_transformer
-from convert.wan_loader import CheckpointError
-from convert.wan_writer import save_diffusers, save_wan
+from t2vu_jax.io.atomic import check_writable
+from t2vu_jax.io.errors import CheckpointError
+from t2vu_jax.models.wan_params import load_transformer, save_diffusers, save_wan
 
 
 def main(argv=None) -> int:
@@ -28,8 +27,7 @@ def main(argv=None) -> int:
 
   start = time.time()
   try:
-    if os.path.exists(args.out) and not args.overwrite:
-      raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+    check_writable(args.out, args.overwrite)  # before any weights load
     model = load_transformer(args.src, dtype=args.dtype)
     save = save_diffusers if args.format == "diffusers" else save_wan
     n, nbytes = save(model, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype,

@@ -7,7 +7,7 @@
     erasers.detach()
 
 The directory format (`eraser_config.json` + `erasers.safetensors`) is described in
-`convert/eraser_format.py`.
+`t2vu_jax/io/eraser_format.py` (standard library and numpy only: importing it needs no JAX).
 
 What they compute, on block i (eraser math in fp32, the result cast back to the transformer dtype):
 - adapter: the output h of `attn2` (placement "cross_attn") or of `attn1` ("self_attn", before
@@ -23,21 +23,11 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from convert.atomic import atomic_directory
-from convert.eraser_format import (CONFIG_NAME, FORMAT, FORMAT_VERSION, LORA_TARGETS, WEIGHTS_NAME, check_config,
-                                   read_config, tensor_shapes)
+from t2vu_jax.io import eraser_format as fmt
+from t2vu_jax.io.atomic import atomic_directory
+from t2vu_jax.io.eraser_format import CONFIG_NAME, FORMAT, FORMAT_VERSION, WEIGHTS_NAME, tensor_shapes
 
-
-
-def check_tensors(shapes: dict[str, tuple], expected: dict[str, tuple], where: str):
-  """Same names and shapes, or a ValueError naming what differs."""
-  missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
-  if missing or extra:
-    raise ValueError(f"{where}: tensors do not match the config: missing {missing[:6]}"
-                     f"{' ...' if len(missing) > 6 else ''}, unexpected {extra[:6]}{' ...' if len(extra) > 6 else ''}")
-  for k, s in expected.items():
-    if tuple(shapes[k]) != tuple(s):
-      raise ValueError(f"{where}: tensor {k!r} has shape {tuple(shapes[k])}, the config implies {tuple(s)}")
+LORA_TARGETS = tuple(fmt.LORA_TARGETS.values())  # the attn2 projections LoRA erasers adapt
 
 
 class _Adapter(torch.nn.Module):
@@ -69,8 +59,7 @@ class TorchWanErasers(torch.nn.Module):
   def __init__(self, kind="adapter", placement="cross_attn", rank=128, alpha=None, num_layers=30, dim=1536,
                device=None):
     super().__init__()
-    check_config(dict(format=FORMAT, format_version=FORMAT_VERSION, kind=kind, placement=placement, rank=rank,
-                      alpha=alpha, num_layers=num_layers, dim=dim), "eraser config")
+    fmt.check_config(fmt.config_dict(kind, placement, rank, alpha, num_layers, dim), "eraser config")
     self.kind, self.placement, self.rank, self.alpha = kind, placement, rank, alpha
     self.num_layers, self.dim = num_layers, dim
     self.scale = (rank if alpha is None else alpha) / rank
@@ -83,8 +72,7 @@ class TorchWanErasers(torch.nn.Module):
 
   def config(self) -> dict:
     """The `eraser_config.json` contents."""
-    return dict(format=FORMAT, format_version=FORMAT_VERSION, kind=self.kind, placement=self.placement,
-                rank=self.rank, alpha=self.alpha, num_layers=self.num_layers, dim=self.dim, dtype="float32")
+    return fmt.config_dict(self.kind, self.placement, self.rank, self.alpha, self.num_layers, self.dim)
 
   @property
   def attached(self) -> bool:
@@ -148,16 +136,13 @@ def _lora_hook(lora, scale):
 def load_erasers(path: str, device=None) -> TorchWanErasers:
   """Read an eraser directory (`eraser_config.json` + `erasers.safetensors`), validated."""
   path = os.fspath(path)
-  cfg = read_config(path)
-  file = os.path.join(path, WEIGHTS_NAME)
-  if not os.path.isfile(file):
-    raise FileNotFoundError(f"{path} has no {WEIGHTS_NAME}")
+  cfg = fmt.read_config(path)
+  file = fmt.weights_file(path)
   try:
     tensors = safetensors.torch.load_file(file, device="cpu")
   except Exception as e:
     raise ValueError(f"{file}: cannot be read as safetensors ({e})") from None
-  check_tensors({k: tuple(v.shape) for k, v in tensors.items()},
-                tensor_shapes(cfg["kind"], cfg["num_layers"], cfg["dim"], cfg["rank"]), file)
+  fmt.check_tensors({k: tuple(v.shape) for k, v in tensors.items()}, cfg, file)
   for k, v in tensors.items():
     if not v.is_floating_point():
       raise ValueError(f"{file}: tensor {k!r} has dtype {v.dtype}, expected floating point")

@@ -5,16 +5,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import jax.numpy as jnp
 from flax import nnx
 
-from convert import wan_keys
-from convert.flax_checkpoint import save_flax_transformer
-from convert.wan_loader import CheckpointError, inspect_checkpoint, read_transformer
+from t2vu_jax.io.atomic import check_writable
+from t2vu_jax.io.errors import CheckpointError
+from t2vu_jax.models import wan_params
+from t2vu_jax.models.wan_params import inspect_checkpoint, read_transformer, save_flax_transformer
 
 
 def main(argv=None) -> int:
@@ -28,8 +28,7 @@ def main(argv=None) -> int:
 
   start = time.time()
   try:
-    if os.path.exists(args.out) and not args.overwrite:
-      raise FileExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+    check_writable(args.out, args.overwrite)  # before any weights load
     ckpt = inspect_checkpoint(args.src, allow_pickle=args.allow_pickle)
     print(f"{args.src}: {ckpt.format} layout, {len(ckpt.files)} file(s), config {ckpt.config_source}")
     model = read_transformer(ckpt, jnp.dtype(args.dtype))
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 1
   n_bytes = sum(v[...].nbytes for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  print(f"converted {wan_keys.num_tensors(ckpt.config)} tensors, {n_bytes / 1e6:.1f} MB as {args.dtype}, "
+  print(f"converted {wan_params.num_tensors(ckpt.config)} tensors, {n_bytes / 1e6:.1f} MB as {args.dtype}, "
         f"in {time.time() - start:.1f} s -> {args.out}")
   return 0
 

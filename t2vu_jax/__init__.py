@@ -1,9 +1,10 @@
-"""T2VUnlearning for Wan2.1 in JAX/Flax NNX."""
+"""T2VUnlearning for Wan2.1 in JAX/Flax NNX. Importing the package loads no framework; the two
+loaders below import what they need."""
 
 
 def load_transformer(path, dtype="float32", **kwargs):
-  """Load a Wan2.1 T2V transformer from any supported checkpoint format (see `convert.load`)."""
-  from convert.load import load_transformer as _load
+  """Load a Wan2.1 T2V transformer from any supported checkpoint format (see `t2vu_jax.models.wan_params`)."""
+  from t2vu_jax.models.wan_params import load_transformer as _load
   return _load(path, dtype=dtype, **kwargs)
 
 

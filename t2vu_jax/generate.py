@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from convert.streaming import CheckpointError
+from t2vu_jax.io.errors import CheckpointError
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 

@@ -16,10 +16,10 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from convert.load import load_transformer
-from convert.streaming import CheckpointError
-from convert.umt5 import read_umt5
-from convert.wan_vae import read_vae
+from t2vu_jax.models.wan_params import load_transformer
+from t2vu_jax.io.errors import CheckpointError
+from t2vu_jax.models.umt5_params import read_umt5
+from t2vu_jax.models.vae_params import read_vae
 from t2vu_jax import schedulers, text
 from t2vu_jax.models.umt5 import UMT5Encoder
 from t2vu_jax.models.vae import WanVAE, denormalize_latents
@@ -116,10 +116,8 @@ class WanPipeline:
 
   def scheduler(self, steps: int, shift: float | None = None, name: str | None = None) -> schedulers.Scheduler:
     """The checkpoint's scheduler (or `name`: "unipc" | "euler") for `steps` steps and `shift`."""
-    if name is None:
-      return schedulers.scheduler_from_config(self.scheduler_config, steps, shift)
-    return schedulers.make_scheduler(name, steps, self.scheduler_config.get("flow_shift", 1.0)
-                                     if shift is None else shift)
+    own = schedulers.scheduler_from_config(self.scheduler_config, steps, shift)
+    return own if name is None else schedulers.make_scheduler(name, steps, own.shift)
 
   def decode(self, latents) -> np.ndarray:
     """Latents (B, C, T, H, W) -> float frames (B, F, H, W, 3) in [0, 1]."""

@@ -86,8 +86,8 @@ def main(argv=None) -> int:
     text = (args.batch, 512, cfg.text_dim)
     arr = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape), shape[0]))
     b = args.batch
-    batch = ErasureBatch(arr(latent), arr((b,)), arr((b,)), arr(text), arr(text), arr((b, 512)),
-                         arr(latent), arr((b,)), arr(text))
+    batch = ErasureBatch(x_t=arr(latent), t=arr((b,)), sigma=arr((b,)), cond=arr(text), uncond=arr(text),
+                         concept_mask=arr((b, 512)), x_pre=arr(latent), t_pre=arr((b,)), cond_pre=arr(text))
     step = make_train_step(graphdef, tx, ObjectiveConfig())
     start = time.time()
     with contextlib.nullcontext() if args.unconstrained else jax.set_mesh(mesh):

@@ -18,7 +18,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from convert.streaming import CheckpointError, component_dir
+from t2vu_jax.io.errors import CheckpointError
+from t2vu_jax.io.streaming import component_dir
 from t2vu_jax.models.umt5 import UMT5Encoder
 from t2vu_jax.sharding import to_host
 

@@ -37,9 +37,9 @@ def make_batch():
   from t2vu_jax.erase.objective import ErasureBatch
   rng = np.random.default_rng(0)
   f = lambda *s: jnp.asarray(rng.standard_normal(s), jnp.float32)
-  return ErasureBatch(f(2, 4, 3, 4, 6), jnp.array([700., 200.]), jnp.array([.7, .2]), f(2, 9, 16), f(2, 9, 16),
-                      jnp.zeros((2, 9)).at[:, 2:4].set(1.0), f(2, 4, 3, 4, 6), jnp.array([300., 900.]),
-                      f(2, 9, 16))
+  return ErasureBatch(x_t=f(2, 4, 3, 4, 6), t=jnp.array([700., 200.]), sigma=jnp.array([.7, .2]),
+                      cond=f(2, 9, 16), uncond=f(2, 9, 16), concept_mask=jnp.zeros((2, 9)).at[:, 2:4].set(1.0),
+                      x_pre=f(2, 4, 3, 4, 6), t_pre=jnp.array([300., 900.]), cond_pre=f(2, 9, 16))
 
 
 def run_steps(path, batch, mesh=None, steps=2):
@@ -91,7 +91,7 @@ def check_mesh(spec, path, batch, reference):
 def check_loading(path, batch):
   """Loading straight into shardings, from a diffusers directory and from our Flax format."""
   import t2vu_jax
-  from convert.flax_checkpoint import save_flax_transformer
+  from t2vu_jax.models.wan_params import save_flax_transformer
   from t2vu_jax.sharding import MeshConfig, make_mesh
   mesh = make_mesh(MeshConfig.parse("1x4x1x2"), num_heads=CONFIG["num_attention_heads"])
   plain = t2vu_jax.load_transformer(path, "float32", progress=False)

@@ -10,7 +10,7 @@ from diffusers import WanTransformer3DModel
 
 import t2vu_jax
 from conftest import TINY
-from convert.wan_loader import CheckpointError
+from t2vu_jax.io.errors import CheckpointError
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 

@@ -12,9 +12,10 @@ from flax import nnx
 
 import t2vu_jax
 from conftest import CONFIGS, HEAD128, TINY, WIDE
-from convert import flax_to_torch, torch_to_flax, wan_keys
-from convert.safetensors_io import SafetensorsFile
-from convert.wan_writer import save_diffusers, save_wan
+from convert import flax_to_torch, torch_to_flax
+from t2vu_jax.models import wan_params
+from t2vu_jax.io.safetensors_io import SafetensorsFile
+from t2vu_jax.models.wan_params import save_diffusers, save_wan
 
 
 def read_all(directory):
@@ -56,7 +57,7 @@ def test_sharded_checkpoints_in_and_out(save_diffusers_transformer, tmp_path):
   index = json.loads((out / "diffusion_pytorch_model.safetensors.index.json").read_text())
   shards = set(index["weight_map"].values())
   assert len(shards) > 2 and all((out / s).exists() for s in shards)
-  assert n == wan_keys.num_tensors(model.config) == len(index["weight_map"])
+  assert n == wan_params.num_tensors(model.config) == len(index["weight_map"])
   assert nbytes == index["metadata"]["total_size"]
   assert_bit_identical(read_all(src), read_all(out))
 
@@ -84,7 +85,7 @@ def test_original_and_comfyui_layouts_convert_to_identical_params(save_diffusers
   assert_bit_identical(convert_wan_transformer_to_diffusers(dict(wan_tensors)), read_all(src))
 
   comfy = tmp_path / "wan2.1_t2v_comfy.safetensors"
-  comfy_tensors = {wan_keys.COMFYUI_PREFIX + k: v for k, v in wan_tensors.items()}
+  comfy_tensors = {wan_params.COMFYUI_PREFIX + k: v for k, v in wan_tensors.items()}
   comfy_tensors["first_stage_model.decoder.conv_in.weight"] = torch.zeros(2, 2)  # a bundled VAE is skipped
   safetensors.torch.save_file(comfy_tensors, str(comfy))
   for path in (tmp_path / "wan", comfy):
@@ -121,7 +122,7 @@ def test_command_line_round_trip(save_diffusers_transformer, tmp_path, capsys):
   torch_model, src = save_diffusers_transformer(TINY, dtype=torch.bfloat16)
   flax_dir, out = tmp_path / "flax", tmp_path / "back"
   assert torch_to_flax.main(["--src", str(src), "--out", str(flax_dir), "--dtype", "bfloat16"]) == 0
-  assert f"converted {wan_keys.num_tensors(t2vu_jax.load_transformer(src, progress=False).config)} tensors" \
+  assert f"converted {wan_params.num_tensors(t2vu_jax.load_transformer(src, progress=False).config)} tensors" \
       in capsys.readouterr().out
   assert (flax_dir / "t2vu_model.json").exists()
   model = t2vu_jax.load_transformer(flax_dir, dtype=None)  # as saved
@@ -136,7 +137,7 @@ def test_command_line_round_trip(save_diffusers_transformer, tmp_path, capsys):
 
 def test_safetensors_writer_is_read_by_the_reference_library(tmp_path):
   import ml_dtypes
-  from convert.safetensors_io import TensorSpec, write_safetensors
+  from t2vu_jax.io.safetensors_io import TensorSpec, write_safetensors
   arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones((3,), ml_dtypes.bfloat16),
             "c": np.zeros((0, 2), np.float32)}
   write_safetensors(tmp_path / "x.safetensors",
@@ -156,7 +157,7 @@ def test_failed_export_leaves_nothing_behind(save_diffusers_transformer, tmp_pat
   save_diffusers(model, out, progress=False)
   before = read_all(out)
 
-  import convert.wan_writer as writer
+  import t2vu_jax.models.wan_params as writer
   real = writer.transformer_tensors
 
   def failing(*args, **kwargs):

@@ -26,7 +26,7 @@ def prompts(seed=0, text_len=12):
   cond, uncond, pre = (jnp.asarray(rng.standard_normal((1, text_len, TINY["text_dim"])), jnp.float32)
                        for _ in range(3))
   concept = jnp.zeros((1, text_len)).at[0, 3:5].set(1.0)
-  return ErasureBatch(None, None, None, cond, uncond, concept, cond_pre=pre)
+  return ErasureBatch(cond=cond, uncond=uncond, concept_mask=concept, cond_pre=pre)
 
 
 def run(model, steps, seed=0, lr=1e-3, trajectory=TrajectoryConfig(steps=4, guidance=4.0)):

@@ -16,7 +16,7 @@ from conftest import PIPELINE_TRANSFORMER, TINY, WIDE, build_wan_pipeline
 from convert import torch_erasers
 from convert.export_erasers import (CONFIG_NAME, LORA_WEIGHT_NAME, WEIGHTS_NAME, export_adapter, export_lora,
                                     export_merged, load_erasers_into, main, save_erasers)
-from convert.safetensors_io import SafetensorsFile, TensorSpec, write_safetensors
+from t2vu_jax.io.safetensors_io import SafetensorsFile, TensorSpec, write_safetensors
 from t2vu_jax.models.erasers import EraserConfig, EraserParam, attach_erasers
 
 CONFIGS = {"tiny": TINY, "wide": WIDE}
@@ -174,7 +174,7 @@ def test_eraser_directory_round_trip_is_bit_exact(save_diffusers_transformer, tm
 
 
 def test_cli_exports_an_erased_model_on_disk(save_diffusers_transformer, tmp_path):
-  from convert.flax_checkpoint import save_flax_transformer
+  from t2vu_jax.models.wan_params import save_flax_transformer
   from diffusers import WanTransformer3DModel
   torch_model, path = save_diffusers_transformer(TINY)
   model = erased(path, "lora", rank=4, alpha=8.0)

@@ -5,8 +5,8 @@ import torch
 from diffusers import WanTransformer3DModel
 
 import t2vu_jax
-from convert import wan_keys
-from convert.wan_loader import abstract_transformer
+from t2vu_jax.models import wan_params
+from t2vu_jax.models.wan_params import abstract_transformer
 from flax import nnx
 from t2vu_jax.models.wan import WanConfig
 
@@ -22,9 +22,9 @@ def test_key_table_covers_the_full_size_diffusers_model(cfg, count):
     reference = WanTransformer3DModel(**diffusers_config(cfg)).state_dict()
   flat = dict(nnx.to_flat_state(nnx.state(abstract_transformer(cfg, "bfloat16"))))
   ours = {}
-  for p in (e.param("diffusers") for e in wan_keys.key_table(cfg)):
+  for p in (e.param("diffusers") for e in wan_params.key_table(cfg)):
     ours.update({k: p.torch_shape(flat[p.path].shape) for k in p.torch_keys(cfg.num_layers)})
-  assert len(ours) == len(reference) == wan_keys.num_tensors(cfg) == count
+  assert len(ours) == len(reference) == wan_params.num_tensors(cfg) == count
   assert {k: tuple(v.shape) for k, v in reference.items()} == ours
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import UMT5_TINY, build_umt5
-from convert.streaming import CheckpointError
+from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax import generate
 from t2vu_jax.pipeline import load_pipeline
 

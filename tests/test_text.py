@@ -5,7 +5,7 @@ import torch
 import jax.numpy as jnp
 
 from conftest import build_tokenizer, build_umt5
-from convert.umt5 import read_umt5
+from t2vu_jax.models.umt5_params import read_umt5
 from t2vu_jax import text
 
 PROMPTS = ["a naked woman walking in the park", "red car", "  a  dog &amp;amp; a cat at night  "]

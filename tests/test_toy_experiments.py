@@ -1,5 +1,4 @@
 """Toy erasure experiments: the prompt sets, and a --quick run end to end on a tiny pretrained pipeline."""
-import dataclasses
 import os
 import subprocess
 import sys
@@ -7,6 +6,7 @@ import sys
 import pytest
 from PIL import Image
 
+from configs import toy_experiments
 from t2vu_jax.erase.prompts import ErasureSet, PromptPool
 from t2vu_jax.evaluate.sheet import sheet_size
 from t2vu_jax.toy import experiments as E
@@ -14,7 +14,9 @@ from t2vu_jax.toy import pretrain as P
 from t2vu_jax.toy import world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = dataclasses.replace(E.Settings(), eval_videos=12)
+SMALL = toy_experiments.get_config()
+SMALL.eval_videos = 12
+QUICK = toy_experiments.get_config("quick")
 
 
 @pytest.mark.parametrize("kind, value", [("colour", "red"), ("shape", "cross"), ("motion", "still")])
@@ -42,11 +44,14 @@ def test_prompt_sets(kind, value):
   assert sets.negative_prompt == train[0]
   again = E.concept_sets(kind, value, SMALL)
   assert again == sets  # a function of the settings
-  assert E.concept_sets(kind, value, dataclasses.replace(SMALL, seed=1)).evaluation != sets.evaluation
+  other_seed = toy_experiments.get_config()
+  other_seed.eval_videos, other_seed.seed = 12, 1
+  assert E.concept_sets(kind, value, other_seed).evaluation != sets.evaluation
 
 
 def test_variant_configs():
-  config = E.erasure_config(E.Settings(), E.VARIANTS[1], "/m", "/w/run", "/w/e.jsonl", None, "unipc", 1.0)
+  config = E.erasure_config(toy_experiments.get_config(), E.VARIANTS[1], "/m", "/w/run", "/w/e.jsonl", None,
+                            "unipc", 1.0)
   assert config.objective.lambda_loc == 0.0 and config.objective.lambda_pre == 1.0
   assert config.prompts.preserve == "" and config.stages == "load,encode,erase"
   assert (config.video.frames, config.video.height, config.video.width) == (world.FRAMES, world.SIZE, world.SIZE)
@@ -65,17 +70,19 @@ def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
               "model, tokenizer, _ = P.pretrain(0, P.TrainConfig(steps=3, batch=4, warmup=1), log=None)\n"
               f"P.save_pipeline(model, tokenizer, {str(model)!r})\n")
   subprocess.run([sys.executable, "-c", pretrain], env=env, cwd=ROOT, check=True)
-  run = subprocess.run([sys.executable, "-m", "t2vu_jax.toy.experiments", "--model", str(model), "--out", str(out),
-                        "--quick", "--workdir", str(jobs)], env=env, cwd=ROOT, capture_output=True, text=True)
+  run = subprocess.run([sys.executable, "-m", "t2vu_jax.toy.experiments", "--config=configs/toy_experiments.py:quick",
+                        f"--config.model={model}", f"--config.out={out}", f"--config.workdir={jobs}"], env=env,
+                       cwd=ROOT, capture_output=True, text=True)
   assert run.returncode == 0, run.stderr[-3000:]
   text = out.read_text()
   assert run.stdout == text
-  assert f"python -m t2vu_jax.toy.experiments --model {model}" in text.splitlines()[2]
+  assert f"python -m t2vu_jax.toy.experiments --config=configs/toy_experiments.py:quick --config.model={model}" \
+      in text.splitlines()[2]
   for row in E.ROWS:
-    assert text.count(f"\n| {row} |") == len(E.QUICK.concepts)
+    assert text.count(f"\n| {row} |") == len(E.parse_concepts(QUICK.concepts))
   _, ph, pw = P.TOY_WAN.patch_size
   assert "loc IoU at σ 0.3 " in text and f"ceiling on the {ph}x{pw} token grid 0." in text
   for variant in E.VARIANTS:  # every erasure ran its job to the end
     assert (jobs / f"colour_red_{variant.name.replace(' ', '_')}" / "stages" / "erase").exists()
-  rows = len(E.SHEET_ROWS) * len(E.SETS) * len(E.QUICK.concepts)
-  assert Image.open(out.with_suffix(".png")).size == sheet_size([(5, 16, 16, 3)] * rows, E.QUICK.sheet_scale)
+  rows = len(E.SHEET_ROWS) * len(E.SETS) * len(E.parse_concepts(QUICK.concepts))
+  assert Image.open(out.with_suffix(".png")).size == sheet_size([(5, 16, 16, 3)] * rows, QUICK.sheet_scale)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from flax import nnx
 
-from convert.streaming import CheckpointError
-from convert.umt5 import read_umt5
+from t2vu_jax.io.errors import CheckpointError
+from t2vu_jax.models.umt5_params import read_umt5
 from t2vu_jax.models.umt5 import UMT5Config, relative_position_buckets
 
 from conftest import UMT5_TINY, build_umt5
@@ -87,7 +87,7 @@ def test_bad_text_encoder_inputs(tmp_path):
 
 def test_saved_encoder_loads_in_transformers_and_round_trips(tmp_path):
   import transformers
-  from convert.umt5 import save_umt5
+  from t2vu_jax.models.umt5_params import save_umt5
   build_umt5(UMT5_TINY).save_pretrained(tmp_path / "src")
   ours = read_umt5(tmp_path / "src", progress=False)
   save_umt5(ours, str(tmp_path / "out"), dtype="float32")

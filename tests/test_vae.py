@@ -10,8 +10,8 @@ import torch
 from flax import nnx
 
 from conftest import VAE_TINY, build_wan_pipeline, perturb_
-from convert.streaming import CheckpointError
-from convert.wan_vae import key_table, read_vae
+from t2vu_jax.io.errors import CheckpointError
+from t2vu_jax.models.vae_params import key_table, read_vae
 from t2vu_jax.models.vae import WanVAE, WanVAEConfig, denormalize_latents
 
 # A second architecture: separate decoder width, three stages, num_res_blocks=2 (three per decoder stage),

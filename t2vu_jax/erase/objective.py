@@ -47,13 +47,15 @@ class ObjectiveConfig:
 
 
 class ErasureBatch(NamedTuple):
-  """One training batch; the preservation fields are None when there is no preservation set."""
-  x_t: jax.Array           # (B, C, F, H, W) latents on a trajectory of the concept prompt
-  t: jax.Array             # (B,) their timestep
-  sigma: jax.Array         # (B,) their sigma
+  """One training batch, built with keywords. Without `x_t` (and `t`, `sigma`) the train step samples
+  its training points from fresh trajectories; the preservation fields are None when there is no
+  preservation set."""
   cond: jax.Array          # (B, L, text_dim) concept prompt embeddings
   uncond: jax.Array        # (B, L, text_dim) empty prompt embeddings
   concept_mask: jax.Array  # (B, L) 1 on the concept's tokens
+  x_t: jax.Array | None = None    # (B, C, F, H, W) latents on a trajectory of the concept prompt
+  t: jax.Array | None = None      # (B,) their timestep
+  sigma: jax.Array | None = None  # (B,) their sigma
   x_pre: jax.Array | None = None
   t_pre: jax.Array | None = None
   cond_pre: jax.Array | None = None

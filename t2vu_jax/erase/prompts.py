@@ -146,6 +146,11 @@ class PromptPool:
     return cls(tuple(entries), name or " + ".join(p.name for p in pools))
 
 
+def split_paths(value: str) -> list[str]:
+  """The paths of a comma-separated config field ("a.jsonl, b.jsonl" -> ["a.jsonl", "b.jsonl"])."""
+  return [p.strip() for p in str(value).split(",") if p.strip()]
+
+
 def _as_paths(paths) -> list[str]:
   if isinstance(paths, (str, os.PathLike)):
     return [os.fspath(paths)]

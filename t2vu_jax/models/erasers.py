@@ -19,12 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from t2vu_jax.io.eraser_format import KINDS, LORA_TARGETS, PLACEMENTS
 from t2vu_jax.models.wan import WanConfig, WanTransformer
 
 F32 = jnp.float32
-KINDS = ("adapter", "lora")
-PLACEMENTS = ("cross_attn", "self_attn")
-LORA_TARGETS = {"q": "to_q", "k": "to_k", "v": "to_v", "out": "to_out"}
 
 
 class EraserParam(nnx.Variable):

@@ -1,7 +1,7 @@
 """Toy-world erasure experiments (DESIGN §8): erase one attribute value of a pretrained toy pipeline
 and score the result with the exact classifier.
 
-  python -m t2vu_jax.toy.experiments --model DIR --out docs/toy_results.md [--quick]
+  python -m t2vu_jax.toy.experiments --config=configs/toy_experiments.py [--config.field=value]
 
 For each concept (kind, value), e.g. ("colour", "red"):
   training prompts  erase: the value with its training wordings, over every template; preserve: the
@@ -14,15 +14,16 @@ For each concept (kind, value), e.g. ("colour", "red"):
                     negative prompt); erased with the full method, without localization (λ_loc = 0),
                     without preservation (λ_pre = 0, no preservation prompts), without augmentation;
                     and the full method with the prompt anchor (`objective.anchor="prompt"`).
-Every erasure is one `ErasureJob` (stages load, encode, erase) on JSONL pools written from the training
-prompts: the same code path as `run.py`. Every model samples each evaluation set from the same noise.
-Scores are those of `t2vu_jax.toy.metrics`; the localization IoU uses the base model (erasers off) on
-the set-(a) prompts at x_t = (1 − σ) x0 + σ e, x0 the true scene video, σ = `Settings.loc_sigma`.
+Every erasure is one `ErasureJob` of the config's `erasure` run config (stages load, encode, erase) on
+JSONL pools written from the training prompts: the same code path as `run.py`. Every model samples each
+evaluation set from the same noise. Scores are those of `t2vu_jax.toy.metrics`; the localization IoU
+uses the base model (erasers off) on the set-(a) prompts at x_t = (1 − σ) x0 + σ e, x0 the true scene
+video, σ = `loc_sigma`. The config (`configs/toy_experiments.py`) holds every setting.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
+import copy
 import dataclasses
 import itertools
 import json
@@ -37,52 +38,29 @@ import numpy as np
 from flax import nnx
 
 from t2vu_jax.toy import metrics, world
+from t2vu_jax.toy.metrics import percent
 from t2vu_jax.toy.world import KINDS, TEMPLATES, VALUES, Scene
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """Everything an experiment depends on besides the model; the defaults are the toy defaults."""
-  seed: int = 0
-  concepts: tuple[tuple[str, str], ...] = (("colour", "red"), ("shape", "circle"))
-  # training prompts
-  erase_per_wording: int = 2     # erase prompts per (template, training wording)
-  preserve_per_value: int = 12   # preservation prompts per other value of the kind
-  # erasure: one ErasureJob per variant, fp32
-  steps: int = 150
-  learning_rate: float = 1e-3
-  rank: int = 16
-  batch_size: int = 2
-  trajectory_steps: int = 20     # UniPC, on-policy, at the pipeline's flow shift
-  guidance: float = 4.0          # trajectories and evaluation sampling
-  eta: float = 1.0
-  threshold: float = 0.1
-  lambda_loc: float = 1.0
-  lambda_pre: float = 1.0
-  # evaluation
-  eval_videos: int = 40          # per evaluation set
-  sample_steps: int = 20
-  loc_sigma: float = 0.5
-  sheet_scale: int = 6
-
-  def __post_init__(self):
-    for kind, value in self.concepts:
-      world.wordings(kind, value)  # validates both
-    if not self.concepts:
-      raise ValueError("no concept to erase")
-    for name in ("erase_per_wording", "preserve_per_value", "steps", "rank", "batch_size", "eval_videos",
-                 "sample_steps", "sheet_scale"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+POSITIVE = ("erase_per_wording", "preserve_per_value", "eval_videos", "sheet_scale")
 
 
-QUICK = Settings(concepts=(("colour", "red"),), erase_per_wording=1, preserve_per_value=2, steps=1, rank=4,
-                 batch_size=1, trajectory_steps=2, eval_videos=2, sample_steps=2)
+def validate(config) -> tuple[tuple[str, str], ...]:
+  """Check an experiments config before any model loads; returns its concepts as (kind, value)s."""
+  concepts = parse_concepts(config.concepts)
+  if not concepts:
+    raise ValueError("config.concepts: no concept to erase")
+  for name in POSITIVE:
+    if config[name] < 1:
+      raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
+  if not 0 < config.loc_sigma < 1:
+    raise ValueError(f"config.loc_sigma must be in (0, 1), got {config.loc_sigma}")
+  return concepts
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One erasure configuration; its λs multiply the settings' ones."""
+  """One erasure configuration: which parts of the method of `config.erasure` it keeps."""
   name: str
   loc: bool = True
   preserve: bool = True
@@ -149,10 +127,11 @@ class ConceptSets:
     return world.wordings(self.kind, self.value, held_out=False)[0]
 
 
-def concept_sets(kind: str, value: str, settings: Settings = Settings()) -> ConceptSets:
-  """The prompt sets of one concept, a function of (settings, kind, value)."""
+def concept_sets(kind: str, value: str, config) -> ConceptSets:
+  """The prompt sets of one concept, a function of (kind, value) and the experiments config's seed,
+  erase_per_wording, preserve_per_value and eval_videos."""
   world.wordings(kind, value)
-  ident = [settings.seed, KINDS.index(kind), VALUES[kind].index(value)]
+  ident = [config.seed, KINDS.index(kind), VALUES[kind].index(value)]
   rng = np.random.default_rng([*ident, 0])
   seen: set[str] = set()
 
@@ -174,7 +153,7 @@ def concept_sets(kind: str, value: str, settings: Settings = Settings()) -> Conc
     for wording in world.wordings(kind, value, held_out=False):
       def make(template=template, wording=wording):
         return world.compose(template, {**_training_phrases(rng, random_scene(rng, {kind: value})), kind: wording})
-      erase += unique(make, settings.erase_per_wording)
+      erase += unique(make, config.erase_per_wording)
 
   others = [v for v in VALUES[kind] if v != value]
   other_kinds = metrics.other_kinds(kind)
@@ -189,15 +168,15 @@ def concept_sets(kind: str, value: str, settings: Settings = Settings()) -> Conc
   for other in others:
     def make(other=other):
       return world.prompt(random_scene(rng, {kind: other}), rng, held_out=False)
-    preserve += unique(make, settings.preserve_per_value)
+    preserve += unique(make, config.preserve_per_value)
 
   evaluation = {}
   for i, name in enumerate(SETS):
     eval_rng = np.random.default_rng([*ident, 1, i])
     held_out = {kind: name == "held_out"} if name != "others" else None
     scenes, prompts = [], []
-    for _ in range(200 * settings.eval_videos):  # texts of training prompts are skipped
-      if len(prompts) == settings.eval_videos:
+    for _ in range(200 * config.eval_videos):  # texts of training prompts are skipped
+      if len(prompts) == config.eval_videos:
         break
       fixed = {kind: value if name != "others" else others[len(prompts) % len(others)]}
       scene = random_scene(eval_rng, fixed)
@@ -205,8 +184,8 @@ def concept_sets(kind: str, value: str, settings: Settings = Settings()) -> Conc
       if p.text not in seen:
         scenes.append(scene)
         prompts.append(p)
-    if len(prompts) < settings.eval_videos:
-      raise ValueError(f"cannot draw {settings.eval_videos} evaluation prompts for {kind} {value!r} outside training")
+    if len(prompts) < config.eval_videos:
+      raise ValueError(f"cannot draw {config.eval_videos} evaluation prompts for {kind} {value!r} outside training")
     evaluation[name] = EvalSet(tuple(prompts), tuple(scenes))
   return ConceptSets(kind, value, tuple(p.entry(kind) for p in erase), tuple(p.entry(kind) for p in single),
                      tuple(p.entry(kind) for p in preserve), evaluation)
@@ -223,50 +202,43 @@ def write_pool(entries: Sequence, path: str) -> str:
 # -- erasure -----------------------------------------------------------------------------------------
 
 
-def erasure_config(settings: Settings, variant: Variant, model_dir: str, workdir: str, erase_pool: str,
+def erasure_config(config, variant: Variant, model_dir: str, workdir: str, erase_pool: str,
                    preserve_pool: str | None, scheduler: str, shift: float):
-  """The run config (`configs.base`) of one erasure: stages load, encode and erase only."""
-  from configs.base import get_config
-  c = get_config()
+  """The run config of one erasure: `config.erasure` with the variant's λs and anchor, the prompt pools,
+  the sampler of the training trajectories and the toy world's video size."""
+  c = copy.deepcopy(config.erasure)
   c.name = os.path.basename(workdir)
   c.workdir = workdir
-  c.seed = settings.seed
-  c.stages = "load,encode,erase"
+  c.seed = config.seed
   c.model.path = model_dir
-  c.model.dtype = c.model.text_dtype = "float32"
-  c.eraser.rank = settings.rank
-  c.objective.update(dict(eta=float(settings.eta), threshold=float(settings.threshold),
-                          lambda_loc=float(settings.lambda_loc) if variant.loc else 0.0,
-                          lambda_pre=float(settings.lambda_pre) if variant.preserve else 0.0,
-                          anchor=variant.anchor))
-  c.trajectory.update(dict(steps=settings.trajectory_steps, scheduler=scheduler, shift=float(shift),
-                           guidance=float(settings.guidance), model="on_policy"))
-  c.optim.update(dict(learning_rate=float(settings.learning_rate), total_steps=settings.steps))
+  if not variant.loc:
+    c.objective.lambda_loc = 0.0
+  if not variant.preserve:
+    c.objective.lambda_pre = 0.0
+  c.objective.anchor = variant.anchor
+  c.trajectory.update(dict(scheduler=scheduler, shift=float(shift), model="on_policy"))
   c.video.update(dict(frames=world.FRAMES, height=world.SIZE, width=world.SIZE))
-  c.batch_size = c.preserve_batch_size = settings.batch_size
-  c.log_every = c.checkpoint_every = settings.steps
+  c.log_every = c.checkpoint_every = c.optim.total_steps
   c.prompts.erase = erase_pool
   c.prompts.preserve = preserve_pool or ""
   return c
 
 
-def _sampler(pipe) -> tuple[str, float]:
+def _sampler(pipe, steps: int) -> tuple[str, float]:
   """(scheduler name, flow shift) of the pipeline's own sampler, for the training trajectories."""
-  from t2vu_jax import schedulers
-  name = "unipc" if pipe.scheduler_config.get("_class_name") == schedulers.UNIPC_CLASS else "euler"
-  sched = pipe.scheduler_config
-  return name, float(sched.get("flow_shift", sched.get("shift", 1.0)))
+  own = pipe.scheduler(steps)
+  return own.name, own.shift
 
 
-def erase(model_dir: str, sets: ConceptSets, variant: Variant, settings: Settings, workdir: str, pipe,
-          log=None):
+def erase(model_dir: str, sets: ConceptSets, variant: Variant, config, workdir: str, pipe, log=None):
   """Run one erasure job in `workdir`; returns (erased transformer, {"seconds", "metrics"})."""
   from t2vu_jax.erase.job import ErasureJob
   os.makedirs(workdir, exist_ok=True)
   erase_pool = write_pool(sets.erase if variant.augment else sets.erase_single, os.path.join(workdir, "erase.jsonl"))
   preserve_pool = write_pool(sets.preserve, os.path.join(workdir, "preserve.jsonl")) if variant.preserve else None
-  config = erasure_config(settings, variant, model_dir, workdir, erase_pool, preserve_pool, *_sampler(pipe))
-  job = ErasureJob(config, progress=False)
+  run_config = erasure_config(config, variant, model_dir, workdir, erase_pool, preserve_pool,
+                              *_sampler(pipe, config.erasure.trajectory.steps))
+  job = ErasureJob(run_config, progress=False)
   with contextlib.redirect_stdout(log or sys.stderr):
     summary = job.run()
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -277,11 +249,13 @@ def erase(model_dir: str, sets: ConceptSets, variant: Variant, settings: Setting
 # -- evaluation --------------------------------------------------------------------------------------
 
 
-def generate(pipe, evalset: EvalSet, settings: Settings, seed: int, negative_prompt: str = "",
+def generate(pipe, evalset: EvalSet, config, seed: int, negative_prompt: str = "",
              erasers: bool = True) -> np.ndarray:
-  """Float frames (N, F, H, W, 3) in [0, 1] of an evaluation set, from the noise of `seed`."""
+  """Float frames (N, F, H, W, 3) in [0, 1] of an evaluation set, from the noise of `seed`, sampled as
+  the erasure run config's evaluation samples."""
+  ev = config.erasure.eval
   return pipe.generate(evalset.texts, negative_prompt=negative_prompt, height=world.SIZE, width=world.SIZE,
-                       num_frames=world.FRAMES, steps=settings.sample_steps, guidance=settings.guidance,
+                       num_frames=world.FRAMES, steps=ev.steps, guidance=ev.guidance,
                        seed=seed, output="float", progress=False, erasers=erasers)
 
 
@@ -303,7 +277,7 @@ def _concept_attention(model, x_t, t, cond, concept_mask):
   return aux.concept_attention
 
 
-def localization(pipe, sets: ConceptSets, settings: Settings) -> np.ndarray:
+def localization(pipe, sets: ConceptSets, seed: int, sigma: float, threshold: float) -> np.ndarray:
   """(N, layers) IoU of the base model's concept masks with the true object masks on set (a)."""
   import jax.numpy as jnp
   from t2vu_jax.erase.objective import token_grid
@@ -314,15 +288,15 @@ def localization(pipe, sets: ConceptSets, settings: Settings) -> np.ndarray:
   entries = [p.entry(sets.kind) for p in ev.prompts]
   concept_mask = token_spans(pipe.tokenizer, entries, pipe.text_length)
   x0 = np.stack([world.render(s) for s in ev.scenes]).transpose(0, 4, 1, 2, 3)  # (N, 3, F, H, W)
-  noise = np.random.default_rng([settings.seed, 2]).standard_normal(x0.shape).astype(np.float32)
-  x_t = jnp.asarray(metrics.noised(x0, noise, settings.loc_sigma), jnp.float32)
-  t = jnp.full((len(x0),), 1000.0 * settings.loc_sigma, jnp.float32)
+  noise = np.random.default_rng([seed, 2]).standard_normal(x0.shape).astype(np.float32)
+  x_t = jnp.asarray(metrics.noised(x0, noise, sigma), jnp.float32)
+  t = jnp.full((len(x0),), 1000.0 * sigma, jnp.float32)
   attention = np.asarray(_concept_attention(pipe.transformer, x_t, t, pipe.encode(ev.texts),
                                             jnp.asarray(concept_mask)))  # (L, N, S)
   grid = token_grid(pipe.transformer, x0.shape)
   scale = tuple(pipe.transformer.config.patch_size)  # pixel space: one latent pixel per pixel
   return np.stack([metrics.localization_iou(attention[:, i], grid, scale, world.object_mask(s),
-                                            settings.threshold) for i, s in enumerate(ev.scenes)])
+                                            threshold) for i, s in enumerate(ev.scenes)])
 
 
 def localization_ceiling(pipe, sets: ConceptSets) -> float:
@@ -335,15 +309,10 @@ def localization_ceiling(pipe, sets: ConceptSets) -> float:
 # -- report ------------------------------------------------------------------------------------------
 
 
-def _pct(x) -> str:
-  return "–" if x is None else f"{100 * x:.0f}%"
-
-
-def markdown(results: dict, settings: Settings, model_dir: str, command: str, sheet: str | None,
-             seconds: float) -> str:
+def markdown(results: dict, config, command: str, sheet: str | None, seconds: float) -> str:
   """The results as markdown: one table per concept."""
   lines = ["# Toy-world erasure experiments", "",
-           f"Generated by `{command}` from the toy pipeline `{model_dir}` in {seconds:.0f} s.", "",
+           f"Generated by `{command}` from the toy pipeline `{config.model}` in {seconds:.0f} s.", "",
            "Each concept is erased with the project's erasure job (stages load, encode, erase; on-policy "
            "trajectories) from prompts that name it with its training wordings; every model samples each "
            "evaluation set from the same noise, and the exact classifier reads the videos. Evaluation scenes "
@@ -366,16 +335,16 @@ def markdown(results: dict, settings: Settings, model_dir: str, command: str, sh
            "concept tokens, min–max normalised per frame, > threshold: the masks of the localization loss) "
            "with the true object mask, mean over layers and videos of set (a). It is computed on the base "
            "model (erasers off) at x_t = (1 − σ) x0 + σ e, x0 the true scene video, e Gaussian noise, "
-           f"σ = {settings.loc_sigma} (t = {1000 * settings.loc_sigma:g}), so it is the same for every method "
+           f"σ = {config.loc_sigma} (t = {1000 * config.loc_sigma:g}), so it is the same for every method "
            "that uses localization. The line above each table adds the IoU at other noise levels σ and its "
            "ceiling: the mean IoU of the best mask of whole patch tokens (a token mask cannot do better).",
            "- **erasure s**: wall time of the erase stage (compilation included).", "",
-           f"Settings: `{json.dumps(dataclasses.asdict(settings))}`", ""]
+           f"Config: `{config.to_json_best_effort(sort_keys=True)}`", ""]
   for name, r in results.items():
     others = metrics.other_kinds(r["kind"])
     lines += [f"## {name}", "",
               f"{r['erase_prompts']} erase prompts ({r['erase_single_prompts']} without augmentation), "
-              f"{r['preserve_prompts']} preservation prompts; {settings.eval_videos} videos per evaluation set; "
+              f"{r['preserve_prompts']} preservation prompts; {config.eval_videos} videos per evaluation set; "
               f"negative prompt \"{r['negative_prompt']}\"; loc IoU per layer "
               f"{', '.join(f'{x:.2f}' for x in r['loc_layers'])}; loc IoU at σ "
               f"{', '.join(f'{k} {v:.2f}' for k, v in r['loc_by_sigma'].items())}; ceiling on the "
@@ -388,8 +357,8 @@ def markdown(results: dict, settings: Settings, model_dir: str, command: str, sh
       a = s["attributes"]
       loc = f"{r['loc']:.2f}" if s.get("loc") else "–"
       secs = f"{s['seconds']:.0f}" if "seconds" in s else "–"
-      lines.append(f"| {row} | {_pct(s['esr_train'])} | {_pct(s['esr_held_out'])} | {_pct(s['psr'])} | "
-                   f"{_pct(a[others[0]])} | {_pct(a[others[1]])} | {_pct(a['both'])} | {loc} | {secs} |")
+      lines.append(f"| {row} | {percent(s['esr_train'])} | {percent(s['esr_held_out'])} | {percent(s['psr'])} | "
+                   f"{percent(a[others[0]])} | {percent(a[others[1]])} | {percent(a['both'])} | {loc} | {secs} |")
     lines.append("")
   if sheet:
     lines += [f"Contact sheet (`{os.path.basename(sheet)}`): per concept, the first prompt of each evaluation "
@@ -399,41 +368,42 @@ def markdown(results: dict, settings: Settings, model_dir: str, command: str, sh
   return "\n".join(lines)
 
 
-def run(model_dir: str, settings: Settings = Settings(), out: str | None = None, sheet: str | None = None,
-        workdir: str | None = None, command: str = "", log=None) -> tuple[str, dict]:
-  """Run every experiment; write the markdown to `out` and the contact sheet PNG to `sheet` (when
-  given). Returns (markdown, results). Job directories go to `workdir` (default: a temporary one)."""
+def run(config, command: str = "", log=None) -> tuple[str, dict]:
+  """Run every experiment of `config` (`configs/toy_experiments.py`); write the markdown to `config.out`
+  and the contact sheet beside it (.png). Returns (markdown, results). Job directories go to
+  `config.workdir` (default: a temporary one)."""
   from t2vu_jax.evaluate.sheet import contact_sheet
   from t2vu_jax.pipeline import load_pipeline
+  concepts = validate(config)
   log = log or sys.stderr
   start = time.time()
-  pipe = load_pipeline(model_dir, "float32", progress=False)
+  pipe = load_pipeline(config.model, "float32", progress=False)
   if pipe.vae is not None:
-    raise ValueError(f"{model_dir} has a VAE: the toy experiments need a pixel-space toy pipeline")
+    raise ValueError(f"{config.model} has a VAE: the toy experiments need a pixel-space toy pipeline")
+  threshold = config.erasure.objective.threshold
   results, sheet_videos, sheet_labels = {}, [], []
   with contextlib.ExitStack() as stack:
-    if workdir is None:
-      workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="toy_experiments_"))
-    for ci, (kind, value) in enumerate(settings.concepts):
-      sets = concept_sets(kind, value, settings)
-      seeds = {name: settings.seed * 1_000 + 10 * ci + i for i, name in enumerate(SETS)}
+    workdir = config.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="toy_experiments_"))
+    for ci, (kind, value) in enumerate(concepts):
+      sets = concept_sets(kind, value, config)
+      seeds = {name: config.seed * 1_000 + 10 * ci + i for i, name in enumerate(SETS)}
       videos = {}
 
       def evaluate(row, model, negative="", erasers=True):
-        videos[row] = {name: generate(model, sets.evaluation[name], settings, seeds[name], negative, erasers)
+        videos[row] = {name: generate(model, sets.evaluation[name], config, seeds[name], negative, erasers)
                        for name in SETS}
         return score(sets, videos[row])
 
       print(f"[{sets.name}] base and negative prompting", file=log, flush=True)
       rows = {"base": evaluate("base", pipe, erasers=False),
               "negative prompting": evaluate("negative prompting", pipe, sets.negative_prompt, erasers=False)}
-      locs = {sigma: localization(pipe, sets, dataclasses.replace(settings, loc_sigma=sigma))
-              for sigma in dict.fromkeys((settings.loc_sigma, *LOC_SIGMAS))}  # each noise level once
-      loc = locs[settings.loc_sigma]
+      locs = {sigma: localization(pipe, sets, config.seed, sigma, threshold)
+              for sigma in dict.fromkeys((config.loc_sigma, *LOC_SIGMAS))}  # each noise level once
+      loc = locs[config.loc_sigma]
       for variant in VARIANTS:
         print(f"[{sets.name}] erasing: {variant.name}", file=log, flush=True)
         job_dir = os.path.join(workdir, f"{kind}_{value}_{variant.name.replace(' ', '_')}")
-        transformer, info = erase(model_dir, sets, variant, settings, job_dir, pipe, log)
+        transformer, info = erase(config.model, sets, variant, config, job_dir, pipe, log)
         erased = dataclasses.replace(pipe, transformer=transformer)
         rows[variant.name] = {**evaluate(variant.name, erased), "seconds": info["seconds"], "loc": variant.loc,
                               "final_metrics": info["metrics"]}
@@ -452,13 +422,12 @@ def run(model_dir: str, settings: Settings = Settings(), out: str | None = None,
         for row in SHEET_ROWS:
           sheet_videos.append(videos[row][name][0])
           sheet_labels.append(f"{sets.value} {SET_LABELS[name]} | {row} | {text}")
-  text = markdown(results, settings, model_dir, command, sheet, time.time() - start)
-  if out:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-      f.write(text)
-  if sheet:
-    contact_sheet(sheet_videos, sheet_labels, sheet, scale=settings.sheet_scale)
+  sheet = os.path.splitext(config.out)[0] + ".png"
+  text = markdown(results, config, command, sheet, time.time() - start)
+  os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
+  with open(config.out, "w") as f:
+    f.write(text)
+  contact_sheet(sheet_videos, sheet_labels, sheet, scale=config.sheet_scale)
   return text, results
 
 
@@ -475,27 +444,21 @@ def parse_concepts(spec: str) -> tuple[tuple[str, str], ...]:
   return tuple(out)
 
 
-def main(argv=None):
-  argv = list(sys.argv[1:] if argv is None else argv)
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True, help="pretrained toy pipeline directory")
-  p.add_argument("--out", required=True, help="markdown file to write; the contact sheet goes next to it (.png)")
-  p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not an experiment")
-  p.add_argument("--seed", type=int)
-  p.add_argument("--concepts", help="kind:value list, e.g. colour:red,shape:circle")
-  p.add_argument("--steps", type=int, help="erasure steps")
-  p.add_argument("--eval-videos", type=int, help="videos per evaluation set")
-  p.add_argument("--workdir", help="keep the erasure job directories here (default: a temporary directory)")
-  args = p.parse_args(argv)
-  settings = QUICK if args.quick else Settings()
-  changes = {"seed": args.seed, "steps": args.steps, "eval_videos": args.eval_videos,
-             "concepts": parse_concepts(args.concepts) if args.concepts else None}
-  settings = dataclasses.replace(settings, **{k: v for k, v in changes.items() if v is not None})
-  command = " ".join(["python -m t2vu_jax.toy.experiments", *map(shlex.quote, argv)])
-  sheet = os.path.splitext(args.out)[0] + ".png"
-  text, _ = run(args.model, settings, args.out, sheet, args.workdir, command)
+def main(_):
+  from absl import flags
+  command = " ".join(["python -m t2vu_jax.toy.experiments", *map(shlex.quote, sys.argv[1:])])
+  if flags.FLAGS.config is None:
+    raise SystemExit("error: give --config=configs/toy_experiments.py (or :quick)")
+  try:
+    text, _ = run(flags.FLAGS.config, command)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   print(text, end="")
 
 
 if __name__ == "__main__":
-  main()
+  from absl import app
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file("config", None, "experiments config, e.g. configs/toy_experiments.py",
+                                  lock_config=True)
+  app.run(main)

@@ -110,6 +110,11 @@ def noised(x0, noise, sigma: float):
   return (1.0 - sigma) * np.asarray(x0) + sigma * np.asarray(noise)
 
 
+def percent(x) -> str:
+  """A rate as a whole percentage for tables; "–" where there is none."""
+  return "–" if x is None else f"{100 * x:.0f}%"
+
+
 class _Named(dict):
   """kind -> value read from a prompt, usable where a `world.Scene` is expected."""
 

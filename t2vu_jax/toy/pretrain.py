@@ -112,8 +112,8 @@ def batch(tokenizer, seed: int, step: int, cfg: TrainConfig):
 
 def load_model(path: str) -> ToyModel:
   """A `ToyModel` holding the weights of a saved toy pipeline (to continue its training)."""
-  from convert.load import load_transformer
-  from convert.umt5 import read_umt5
+  from t2vu_jax.models.wan_params import load_transformer
+  from t2vu_jax.models.umt5_params import read_umt5
   model = ToyModel(0)
   model.transformer = load_transformer(os.path.join(path, "transformer"), "float32", progress=False)
   model.text_encoder = read_umt5(path, jnp.float32, progress=False)
@@ -141,9 +141,9 @@ def pretrain(seed: int = 0, cfg: TrainConfig = TrainConfig(), log_every: int = 1
 def save_pipeline(model: ToyModel, tokenizer, out: str, flow_shift: float = FLOW_SHIFT,
                   overwrite: bool = False) -> None:
   """Write a diffusers `WanPipeline` directory with `vae: [null, null]` through our exporters."""
-  from convert.atomic import atomic_directory
-  from convert.umt5 import save_umt5
-  from convert.wan_writer import DIFFUSERS_VERSION, save_diffusers
+  from t2vu_jax.io.atomic import atomic_directory
+  from t2vu_jax.models.umt5_params import save_umt5
+  from t2vu_jax.models.wan_params import DIFFUSERS_VERSION, save_diffusers
   with atomic_directory(out, overwrite) as tmp:
     save_diffusers(model.transformer, os.path.join(tmp, "transformer"), dtype="float32", progress=False)
     save_umt5(model.text_encoder, os.path.join(tmp, "text_encoder"), dtype="float32")

@@ -1,9 +1,11 @@
 """Strict, streaming transfer of PyTorch tensors into the parameters of an abstract NNX module.
 
-Every model converter (Wan transformer, UMT5, VAE) describes its weights as a table of
+Every model's weights module (`t2vu_jax.models.*_params`) describes its weights as a table of
 `Param(path, torch_key, transform)`; this module checks a tensor source against that table (missing,
 unexpected, wrong-shape tensors all reported at once) and then reads the tensors one at a time into
-preallocated, 64-byte aligned buffers, so peak memory stays near the size of the model.
+preallocated, 64-byte aligned buffers, so peak memory stays near the size of the model. It also finds
+a component's weight files (`safetensors_files`, the one shard discovery) and reads a diffusers /
+transformers component directory whole (`component_config`, `read_component`).
 """
 from __future__ import annotations
 
@@ -13,15 +15,13 @@ import os
 from typing import Callable, NamedTuple
 
 import jax
+import ml_dtypes
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from convert.safetensors_io import SafetensorsFile, TensorSpec
-
-
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be converted; the message names the files and tensors at fault."""
+from t2vu_jax.io.errors import CheckpointError
+from t2vu_jax.io.safetensors_io import SafetensorsError, SafetensorsFile, TensorSpec
 
 
 class Transform(NamedTuple):
@@ -107,14 +107,56 @@ class SafetensorsSource:
       sf.close()
 
 
+class PickleSource:
+  """A PyTorch pickle state dict, read with `torch.load(weights_only=True)` (only when allowed)."""
+
+  def __init__(self, files: list[str], prefix: str = ""):
+    try:
+      import torch
+    except ImportError:
+      raise CheckpointError("reading PyTorch pickle checkpoints needs torch installed "
+                            "(pip install -r requirements-dev.txt)") from None
+    self.tensors = {}
+    for f in files:
+      sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+      sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+      for k, v in sd.items():
+        if k.startswith(prefix):
+          self.tensors[k[len(prefix):]] = v
+
+  def keys(self):
+    return list(self.tensors)
+
+  def shape(self, key):
+    return tuple(self.tensors[key].shape)
+
+  def read(self, key):
+    import torch
+    t = self.tensors[key].detach().contiguous()
+    if t.dtype == torch.bfloat16:
+      return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+  def release(self, key):
+    pass
+
+  def order(self, keys):
+    return list(keys)
+
+  def close(self):
+    self.tensors.clear()
+
+
 def component_dir(path: str, name: str) -> str:
   """`path` itself, or its `name/` subfolder when `path` is a diffusers pipeline directory."""
   sub = os.path.join(str(path), name)
   return sub if os.path.isdir(sub) else str(path)
 
 
-def safetensors_files(directory: str, what: str) -> list[str]:
-  """The weight files of a diffusers/transformers component directory (single file or sharded)."""
+def safetensors_files(directory: str, what: str, required: bool = True) -> list[str]:
+  """The weight files of a diffusers/transformers component directory: the shards its
+  `*.safetensors.index.json` lists, else every `*.safetensors` file. With `required=False` a
+  directory without safetensors weights gives [] instead of an error."""
   if not os.path.isdir(directory):
     raise CheckpointError(f"{what}: directory does not exist: {directory}")
   indexes = sorted(glob.glob(os.path.join(directory, "*.safetensors.index.json")))
@@ -126,9 +168,48 @@ def safetensors_files(directory: str, what: str) -> list[str]:
       raise CheckpointError(f"{indexes[0]} lists shard files that do not exist: {missing}")
     return files
   files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
-  if not files:
+  if not files and required:
     raise CheckpointError(f"{what}: no *.safetensors weights in {directory}")
   return files
+
+
+def component_config(path: str, subfolder: str, what: str) -> tuple[str, dict]:
+  """(directory, parsed config.json) of component `subfolder` of a pipeline at `path` (or of the
+  component directory `path` itself)."""
+  directory = component_dir(path, subfolder)
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"{what} directory does not exist: {directory}")
+  config_path = os.path.join(directory, "config.json")
+  if not os.path.isfile(config_path):
+    raise CheckpointError(f"{what}: no config.json in {directory}")
+  with open(config_path) as f:
+    try:
+      return directory, json.load(f)
+    except json.JSONDecodeError as e:
+      raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+
+
+def parse_config(directory: str, parse: Callable, d: dict):
+  """`parse(d)` with its ValueError/TypeError reported as a CheckpointError naming the config file."""
+  try:
+    return parse(d)
+  except (ValueError, TypeError) as e:
+    raise CheckpointError(f"{os.path.join(directory, 'config.json')}: {e}") from None
+
+
+def read_component(directory: str, what: str, abstract_module: nnx.Module, table: Callable, where: str,
+                   num_layers: int = 0, place: Callable | None = None, progress: bool = True) -> nnx.Module:
+  """Stream the safetensors weights of component `directory` into `abstract_module`.
+
+  `table(keys) -> (key table, keys to ignore)` picks the table given the tensor names present.
+  """
+  try:
+    source = SafetensorsSource(safetensors_files(directory, what))
+  except SafetensorsError as e:
+    raise CheckpointError(f"{what}: {e}") from None
+  params, ignore = table(set(source.keys()))
+  return read_into_module(abstract_module, params, source, num_layers, where, place, progress, desc=what,
+                          ignore=frozenset(ignore))
 
 
 def aligned_empty(shape, dtype, alignment: int = 64) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Read a diffusers `AutoencoderKLWan` directory (`vae/`) into our `WanVAE`, streaming and strict.
+"""Wan VAE weights: read a diffusers `AutoencoderKLWan` directory (`vae/`) into our `WanVAE`, streaming
+and strict.
 
 Our module tree carries diffusers' names, so the key table follows from it: every causal conv is a
 Conv3d (`weight`, `bias`), every per-frame conv a Conv2d, every norm a `gamma` that diffusers stores
@@ -7,16 +8,15 @@ with trailing broadcast axes. Its resampling convs sit at index 1 of an `nn.Sequ
 """
 from __future__ import annotations
 
-import json
-import os
-
 import jax.numpy as jnp
 from flax import nnx
 
-from convert.safetensors_io import SafetensorsError
-from convert.streaming import (CONV2D, CONV3D, IDENTITY, CheckpointError, Param, SafetensorsSource,
-                               Transform, component_dir, read_into_module, safetensors_files)
+from t2vu_jax.io.errors import CheckpointError
+from t2vu_jax.io.streaming import (CONV2D, CONV3D, IDENTITY, Param, Transform, component_config, parse_config,
+                                   read_component)
 from t2vu_jax.models.vae import AttentionBlock, CausalConv3d, RMSNorm, WanVAE, WanVAEConfig
+
+SUBFOLDER = "vae"
 
 
 def gamma(trailing: int) -> Transform:
@@ -47,36 +47,22 @@ def key_table(model: WanVAE) -> list[Param]:
   return table
 
 
-def read_vae_config(path: str) -> WanVAEConfig:
-  directory = component_dir(path, "vae")
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"VAE directory does not exist: {directory}")
-  config_path = os.path.join(directory, "config.json")
-  if not os.path.isfile(config_path):
-    raise CheckpointError(f"VAE: no config.json in {directory}")
-  with open(config_path) as f:
-    try:
-      d = json.load(f)
-    except json.JSONDecodeError as e:
-      raise CheckpointError(f"{config_path} is not valid JSON: {e}") from None
+def _config(path: str) -> tuple[str, WanVAEConfig]:
+  directory, d = component_config(path, SUBFOLDER, "VAE")
   if d.get("_class_name", "AutoencoderKLWan") != "AutoencoderKLWan":
-    raise CheckpointError(f"{config_path} describes a {d['_class_name']}, not an AutoencoderKLWan")
-  try:
-    return WanVAEConfig.from_dict(d)
-  except (ValueError, TypeError) as e:
-    raise CheckpointError(f"{config_path}: {e}") from None
+    raise CheckpointError(f"{directory}/config.json describes a {d['_class_name']}, not an AutoencoderKLWan")
+  return directory, parse_config(directory, WanVAEConfig.from_dict, d)
+
+
+def read_vae_config(path: str) -> WanVAEConfig:
+  return _config(path)[1]
 
 
 def read_vae(path: str, dtype=jnp.float32, progress: bool = True, place=None) -> WanVAE:
   """Load a diffusers `AutoencoderKLWan` directory (or a pipeline's `vae/`) in `dtype`."""
-  directory = component_dir(path, "vae")
-  cfg = read_vae_config(directory)
+  directory, cfg = _config(path)
   model = nnx.eval_shape(lambda: WanVAE(cfg, dtype=dtype, rngs=nnx.Rngs(0)))
-  try:
-    source = SafetensorsSource(safetensors_files(directory, "VAE"))
-  except SafetensorsError as e:
-    raise CheckpointError(f"VAE: {e}") from None
   where = (f"{directory} (Wan VAE: base_dim {cfg.base_dim}, z_dim {cfg.z_dim}, dim_mult {list(cfg.dim_mult)}, "
            f"{cfg.num_res_blocks} res blocks) does not match the Wan VAE")
-  return read_into_module(model, key_table(model), source, where=where, place=place, progress=progress,
-                          desc="VAE")
+  return read_component(directory, "VAE", model, lambda keys: (key_table(model), ()), where, place=place,
+                        progress=progress)

@@ -1,5 +1,5 @@
-"""Read a transformers UMT5 `text_encoder/` directory into our `UMT5Encoder` (streaming, strict), and
-write one back out."""
+"""UMT5 encoder weights: the transformers `text_encoder/` key table, a strict streaming reader and a
+writer back to a transformers `UMT5EncoderModel` directory."""
 from __future__ import annotations
 
 import json
@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.atomic import atomic_directory
-from convert.safetensors_io import SafetensorsError, write_safetensors
-from convert.streaming import (LINEAR, CheckpointError, Param, SafetensorsSource, component_dir,
-                               module_tensors, read_into_module, safetensors_files)
+from t2vu_jax.io.atomic import atomic_directory
+from t2vu_jax.io.safetensors_io import write_safetensors
+from t2vu_jax.io.streaming import LINEAR, Param, component_config, module_tensors, parse_config, read_component
 from t2vu_jax.models.umt5 import UMT5Config, UMT5Encoder
 
+SUBFOLDER = "text_encoder"
 # transformers ties the encoder's input embedding to `shared`; files may hold either name or both.
 EMBEDDING_KEYS = ("shared.weight", "encoder.embed_tokens.weight")
 
@@ -36,35 +36,23 @@ def key_table(cfg: UMT5Config, embedding_key: str = "shared.weight") -> list[Par
 
 
 def read_umt5_config(path: str) -> UMT5Config:
-  directory = component_dir(path, "text_encoder")
-  config_path = os.path.join(directory, "config.json")
-  if not os.path.isfile(config_path):
-    raise CheckpointError(f"text encoder: no config.json in {directory}")
-  with open(config_path) as f:
-    try:
-      return UMT5Config.from_dict(json.load(f))
-    except (ValueError, TypeError) as e:
-      raise CheckpointError(f"{config_path}: {e}") from None
+  directory, d = component_config(path, SUBFOLDER, "text encoder")
+  return parse_config(directory, UMT5Config.from_dict, d)
 
 
 def read_umt5(path: str, dtype=jnp.float32, progress: bool = True, place=None, **model_kwargs) -> UMT5Encoder:
   """Load a transformers `UMT5EncoderModel` directory (or a pipeline's `text_encoder/`) in `dtype`."""
-  directory = component_dir(path, "text_encoder")
-  if not os.path.isdir(directory):
-    raise CheckpointError(f"text encoder directory does not exist: {directory}")
-  cfg = read_umt5_config(directory)
+  directory, d = component_config(path, SUBFOLDER, "text encoder")
+  cfg = parse_config(directory, UMT5Config.from_dict, d)
   model = nnx.eval_shape(lambda: UMT5Encoder(cfg, dtype=dtype, rngs=nnx.Rngs(0), **model_kwargs))
-  try:
-    source = SafetensorsSource(safetensors_files(directory, "text encoder"))
-  except SafetensorsError as e:
-    raise CheckpointError(f"text encoder: {e}") from None
-  keys = set(source.keys())
-  embedding = next((k for k in EMBEDDING_KEYS if k in keys), EMBEDDING_KEYS[0])
-  table = key_table(cfg, embedding)
+
+  def table(keys):
+    embedding = next((k for k in EMBEDDING_KEYS if k in keys), EMBEDDING_KEYS[0])
+    return key_table(cfg, embedding), set(EMBEDDING_KEYS) - {embedding}
+
   where = (f"{directory} (UMT5: {cfg.num_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} heads, "
            f"vocab {cfg.vocab_size}) does not match the UMT5 encoder")
-  return read_into_module(model, table, source, cfg.num_layers, where, place, progress,
-                          desc="text encoder", ignore=frozenset(EMBEDDING_KEYS) - {embedding})
+  return read_component(directory, "text encoder", model, table, where, cfg.num_layers, place, progress)
 
 
 def save_umt5(encoder: UMT5Encoder, out: str, dtype=None, overwrite: bool = False) -> None:

@@ -1,0 +1,44 @@
+"""Toy-world erasure experiments (`t2vu_jax.toy.experiments`): every concept erased with the full method,
+its ablations and the prompt anchor, against the base model and negative prompting.
+
+  python -m t2vu_jax.toy.experiments --config=configs/toy_experiments.py
+  python -m t2vu_jax.toy.experiments --config=configs/toy_experiments.py:quick   # tiny sizes, a smoke test
+  python -m t2vu_jax.toy.experiments --config=configs/toy_experiments.py --config.concepts=shape:cross \\
+      --config.erasure.optim.total_steps=300 --config.out=/tmp/cross.md
+
+Every erasure is a run of `erasure`, the run config of `configs/toy.py` limited to the stages load,
+encode and erase; the experiments set its model, prompt pools, seed and sampler, and each variant
+its λs and anchor. Evaluation samples with `erasure.eval.steps` and `erasure.eval.guidance`.
+"""
+import os
+
+import ml_collections
+
+from configs import toy
+
+
+def get_config(arg: str = ""):
+  c = ml_collections.ConfigDict()
+  c.model = os.path.join(toy.ROOT, "t2vu_jax", "toy", "pretrained")  # a pretrained pixel-space toy pipeline
+  c.out = os.path.join(toy.ROOT, "docs", "toy_results.md")  # markdown; the contact sheet goes beside it (.png)
+  c.workdir = ""                   # keep the erasure job directories here (default: a temporary directory)
+  c.seed = 0
+  c.concepts = "colour:red,shape:circle"  # kind:value, comma-separated
+  c.erase_per_wording = 2          # erase prompts per (template, training wording)
+  c.preserve_per_value = 12        # preservation prompts per other value of the kind
+  c.eval_videos = 40               # per evaluation set
+  c.loc_sigma = 0.5                # noise level of the localization IoU column
+  c.sheet_scale = 6
+  c.erasure = toy.get_config()
+  c.erasure.stages = "load,encode,erase"
+  if arg == "quick":
+    c.concepts = "colour:red"
+    c.erase_per_wording, c.preserve_per_value, c.eval_videos = 1, 2, 2
+    c.erasure.optim.total_steps = 1
+    c.erasure.eraser.rank = 4
+    c.erasure.batch_size = c.erasure.preserve_batch_size = 1
+    c.erasure.trajectory.steps = 2
+    c.erasure.eval.steps = 2
+  elif arg:
+    raise ValueError(f"configs/toy_experiments.py takes no argument or 'quick', got {arg!r}")
+  return c

@@ -1,0 +1,147 @@
+"""The erase loop of a run: train erasers on the stored prompt embeddings, log metrics, checkpoint
+and resume.
+
+Each step's prompts and RNG key are functions of (seed, step), so a run resumed from a checkpoint
+replays exactly the run that was interrupted. A checkpoint holds what training changes (`trainable`).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from t2vu_jax.checkpoint import Preempted, TrainCheckpoints, preemption_guard
+from t2vu_jax.erase.objective import ErasureBatch
+from t2vu_jax.erase.prompts import ErasureSet
+from t2vu_jax.erase.run_config import fail, settings
+from t2vu_jax.erase.train import init_train_state, make_optimizer, make_train_step
+from t2vu_jax.models.erasers import attach_erasers
+from t2vu_jax.models.wan import WanTransformer
+from t2vu_jax.sharding import shard_module
+
+
+class MetricsLog:
+  """Training metrics as `metrics.jsonl` lines and TensorBoard scalars (`erase/<name>`); a no-op on
+  processes other than process 0."""
+
+  def __init__(self, run_dir: str, enabled: bool):
+    self.file = self.board = None
+    if enabled:
+      from tensorboardX import SummaryWriter
+      self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+      self.board = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    if self.file is None:
+      return
+    values = {k: float(v) for k, v in metrics.items()}
+    self.file.write(json.dumps({"step": step, **values}) + "\n")
+    self.file.flush()
+    for name, value in values.items():
+      self.board.add_scalar(f"erase/{name}", value, step)
+    self.board.flush()
+
+  def close(self) -> None:
+    if self.file is not None:
+      self.file.close()
+      self.board.close()
+
+
+def trainable(state) -> dict:
+  """What a train checkpoint holds: the rest of a step is a function of (seed, step)."""
+  return {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
+
+
+def train_setup(transformer: WanTransformer, config, mesh):
+  """(optimizer, graphdef, train state) of fresh erasers (config.eraser, seeded by config.seed) on
+  `transformer`, on `mesh`."""
+  model = attach_erasers(transformer, settings(config, "eraser"), seed=config.seed)
+  shard_module(model, mesh)  # the fresh erasers join the base weights on the mesh
+  tx = make_optimizer(settings(config, "optim"))
+  graphdef, state = init_train_state(model, tx)
+  # Scalars (step, Adam's count) replicated on the mesh, where the step returns them: otherwise the
+  # second step sees new input shardings and compiles again.
+  replicated = NamedSharding(mesh, PartitionSpec())
+  on_mesh = lambda x: jax.device_put(x, replicated) if x.ndim == 0 else x  # noqa: E731
+  state = state._replace(step=on_mesh(state.step), opt_state=jax.tree.map(on_mesh, state.opt_state))
+  return tx, graphdef, state
+
+
+def restore_erased(transformer: WanTransformer, config, mesh, checkpoint_dir: str) -> WanTransformer:
+  """`transformer` with the erasers of the latest checkpoint in `checkpoint_dir`."""
+  _, graphdef, state = train_setup(transformer, config, mesh)
+  _, restored = TrainCheckpoints(checkpoint_dir).restore_latest(trainable(state))
+  if restored is None:
+    raise FileNotFoundError(f"no erasure checkpoint in {checkpoint_dir}; run the erase stage")
+  return nnx.merge(graphdef, restored["erasers"], state.base)
+
+
+class StepBatches:
+  """The batch of every step from the stored embeddings (`embeddings.npz` of the encode stage)."""
+
+  def __init__(self, embeddings, prompts: ErasureSet, config):
+    self.data, self.prompts, self.config = embeddings, prompts, config
+    self.index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
+    self.pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
+    self.empty = jnp.asarray(embeddings["empty"])[None]
+    self.anchored = config.objective.anchor == "prompt"
+
+  def __call__(self, step: int) -> ErasureBatch:
+    c, data = self.config, self.data
+    erase, preserve = self.prompts.sample(c.batch_size, c.seed, step, c.preserve_batch_size)
+    rows = np.array([self.index[e.prompt] for e in erase])
+    batch = ErasureBatch(cond=jnp.asarray(data["erase"][rows]),
+                         uncond=jnp.broadcast_to(self.empty, (len(rows), *self.empty.shape[1:])),
+                         concept_mask=jnp.asarray(data["concept_mask"][rows]),
+                         anchor=jnp.asarray(data["anchor"][rows]) if self.anchored else None)
+    if preserve:
+      pre_rows = np.array([self.pre_index[e.prompt] for e in preserve])[:len(rows)]
+      batch = batch._replace(cond_pre=jnp.asarray(data["preserve"][pre_rows]))
+    return batch
+
+
+def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: ErasureSet, latent_shape,
+          run_dir: str, primary: bool = True, progress: bool = True, log=print) -> tuple[WanTransformer, dict]:
+  """Train erasers on `transformer` for `config.optim.total_steps` steps, resuming from the latest
+  checkpoint under `run_dir`; returns (the erased model, stage info). A SIGTERM or Ctrl-C saves a
+  checkpoint and raises `Preempted`."""
+  if config.objective.anchor == "prompt" and "anchor" not in embeddings:
+    fail("objective.anchor", "'prompt' needs anchor embeddings, and this run's encode stage ran without them: "
+         f"delete {os.path.join(run_dir, 'stages', 'encode')} and rerun to encode them")
+  optim = settings(config, "optim")
+  tx, graphdef, state = train_setup(transformer, config, mesh)
+  step_fn = make_train_step(graphdef, tx, settings(config, "objective"), settings(config, "trajectory"),
+                            latent_shape)
+  checkpoints = TrainCheckpoints(os.path.join(run_dir, "checkpoints"))
+  start, restored = checkpoints.restore_latest(trainable(state))
+  if restored is not None:
+    state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
+    log(f"resuming erasure from step {start}")
+
+  batches = StepBatches(embeddings, prompts, config)
+  metrics_log = MetricsLog(run_dir, enabled=primary)
+  key = jax.random.key(config.seed)
+  every = lambda n, step: (step + 1) % n == 0 or step + 1 == optim.total_steps  # noqa: E731
+  # The mesh in context turns on the model's activation sharding constraints.
+  with preemption_guard() as preemption, jax.set_mesh(mesh):
+    for step in tqdm(range(start, optim.total_steps), desc="erasing", initial=start, total=optim.total_steps,
+                     disable=not progress):
+      state, metrics = step_fn(state, batches(step), jax.random.fold_in(key, step))
+      if every(config.log_every, step):
+        metrics_log.write(step + 1, metrics)
+      if every(config.checkpoint_every, step) or preemption["requested"]:
+        checkpoints.save(step + 1, trainable(state))
+      if preemption["requested"] and step + 1 < optim.total_steps:
+        checkpoints.wait()
+        metrics_log.close()
+        log(f"preempted: saved step {step + 1}; rerun the same command to resume")
+        raise Preempted(step + 1)
+  checkpoints.wait()
+  metrics_log.close()
+  return nnx.merge(graphdef, state.erasers, state.base), {"steps": optim.total_steps, "resumed_from": start}

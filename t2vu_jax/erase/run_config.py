@@ -1,0 +1,138 @@
+"""The run config of an erasure (`configs/base.py`): its groups' defaults and its validation.
+
+The groups with a dataclass (`eraser`, `objective`, `trajectory`, `optim`) take their fields and
+defaults from it (`config_group`) and are turned back into it with `settings`; the dataclasses check
+their own values. `validate` checks the rest before any weights load; every error names the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+
+import ml_collections
+from ml_collections import config_dict
+
+from t2vu_jax.erase.objective import ObjectiveConfig
+from t2vu_jax.erase.prompts import split_paths
+from t2vu_jax.erase.train import OptimConfig
+from t2vu_jax.erase.trajectory import TrajectoryConfig
+from t2vu_jax.evaluate import scorers
+from t2vu_jax.models.erasers import EraserConfig
+from t2vu_jax.models.erasers_params import EXPORT_FORMATS
+
+STAGES = ("load", "encode", "erase", "export", "evaluate", "report")
+GROUPS = {"eraser": EraserConfig, "objective": ObjectiveConfig, "trajectory": TrajectoryConfig,
+          "optim": OptimConfig}
+DTYPES = ("float32", "bfloat16")
+VIDEO_MULTIPLE = 16  # sides of a video: the VAE stride 8 times the patch 2
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field."""
+
+
+def fail(field: str, message: str):
+  raise ConfigError(f"config.{field}: {message}")
+
+
+def config_group(cls) -> ml_collections.ConfigDict:
+  """A config group with the fields and defaults of dataclass `cls`; a None default becomes a typed
+  placeholder, so `--config.group.field=value` still parses."""
+  hints = typing.get_type_hints(cls)
+  defaults = cls()
+  fields = {}
+  for f in dataclasses.fields(cls):
+    value = getattr(defaults, f.name)
+    if value is None:
+      value = config_dict.placeholder(next(t for t in typing.get_args(hints[f.name]) if t is not type(None)))
+    fields[f.name] = value
+  return ml_collections.ConfigDict(fields)
+
+
+def settings(config, group: str):
+  """The dataclass of config group `group` (one of `GROUPS`); a bad value is a ConfigError naming it."""
+  try:
+    return GROUPS[group](**config[group].to_dict())
+  except (ValueError, TypeError) as e:
+    fail(group, str(e))
+
+
+def parse_stages(stages: str) -> list[str]:
+  names = [s.strip() for s in str(stages).split(",") if s.strip()]
+  if not names:
+    fail("stages", "no stage selected")
+  if unknown := [s for s in names if s not in STAGES]:
+    fail("stages", f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+  return [s for s in STAGES if s in names]
+
+
+def validate(config) -> list[str]:
+  """Check everything that can be checked before heavy work; returns the stages to run."""
+  stages = parse_stages(config.stages)
+  if not config.model.path:
+    fail("model.path", "is empty; give a diffusers Wan2.1 T2V pipeline directory")
+  if not os.path.isdir(config.model.path):
+    fail("model.path", f"directory does not exist: {config.model.path}")
+  for field in ("dtype", "text_dtype"):
+    if config.model[field] not in DTYPES:
+      fail(f"model.{field}", f"{config.model[field]!r}: choose float32 or bfloat16")
+  for group in GROUPS:
+    settings(config, group)
+  for group in ("video", "eval"):
+    v = config[group]
+    if v.frames < 1 or (v.frames - 1) % 4:
+      fail(f"{group}.frames", f"{v.frames} is not 4k+1 (1, 5, 9, ..., 81)")
+    for side in ("height", "width"):
+      if v[side] <= 0 or v[side] % VIDEO_MULTIPLE:
+        fail(f"{group}.{side}", f"{v[side]} is not a positive multiple of {VIDEO_MULTIPLE}")
+  _validate_mesh(config.mesh)
+  for field in ("batch_size", "preserve_batch_size", "log_every", "checkpoint_every"):
+    if config[field] < 1:
+      fail(field, f"must be >= 1, got {config[field]}")
+  _validate_prompts(config, stages)
+  _validate_export(config)
+  _validate_eval(config, stages)
+  return stages
+
+
+def _validate_mesh(mesh: str) -> None:
+  import jax
+  from t2vu_jax.sharding import MeshConfig
+  try:
+    MeshConfig.parse(mesh).shape(jax.device_count())
+  except ValueError as e:
+    fail("mesh", str(e))
+
+
+def _validate_prompts(config, stages) -> None:
+  if ("encode" in stages or "erase" in stages) and not config.prompts.erase:
+    fail("prompts.erase", "is empty; give the JSONL prompt pool(s) of the concept to erase")
+  if "evaluate" in stages and not config.prompts.evaluate:
+    fail("prompts.evaluate", "is empty; the evaluate stage needs prompts disjoint from training")
+  for field in ("erase", "preserve", "evaluate"):
+    for path in split_paths(config.prompts[field]):
+      if not os.path.isfile(path):
+        fail(f"prompts.{field}", f"file does not exist: {path}")
+
+
+def _validate_export(config) -> None:
+  formats = split_paths(config.export.formats)
+  if unknown := [f for f in formats if f not in EXPORT_FORMATS]:
+    fail("export.formats", f"unknown format(s) {unknown}; choose from {list(EXPORT_FORMATS)}")
+  if config.eraser.kind == "adapter" and any(f in ("lora", "merged") for f in formats):
+    fail("export.formats", "adapter erasers export only as 'adapter' (lora/merged need eraser.kind='lora')")
+  if config.export.dtype not in DTYPES:
+    fail("export.dtype", f"{config.export.dtype!r}: choose float32 or bfloat16")
+
+
+def _validate_eval(config, stages) -> None:
+  for field in ("num_prompts", "seeds", "steps", "score_every"):
+    if config.eval[field] < 1:
+      fail(f"eval.{field}", f"must be >= 1, got {config.eval[field]}")
+  try:
+    scorer = scorers.get(config.eval.scorer)
+    if scorer is not None and "evaluate" in stages and config.prompts.erase:
+      scorer.check(config)
+  except ValueError as e:
+    fail("eval.scorer", str(e))

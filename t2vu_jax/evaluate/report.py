@@ -1,0 +1,49 @@
+"""A run's report: `report.json` and `report.md` from its stage markers, training metrics and
+evaluation record."""
+from __future__ import annotations
+
+import json
+import os
+
+from t2vu_jax.evaluate import scorers
+
+
+def _read_json(path: str):
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_report(run_dir: str, name: str, stages: dict) -> str:
+  """Write `report.json` and `report.md` under `run_dir`; `stages` maps each finished stage to its
+  marker's info. Returns the markdown path."""
+  metrics = []
+  if os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+      metrics = [json.loads(line) for line in f if line.strip()]
+  evaluation = _read_json(os.path.join(run_dir, "evaluation.json"))
+  report = {"name": name, "stages": stages, "final_metrics": metrics[-1] if metrics else None,
+            "evaluation": evaluation and evaluation.get("aggregate")}
+  with open(os.path.join(run_dir, "report.json"), "w") as f:
+    json.dump(report, f, indent=2)
+
+  lines = [f"# Erasure run `{name}`", "", "| stage | seconds |", "|---|---|"]
+  lines += [f"| {s} | {info.get('seconds', '')} |" for s, info in stages.items()]
+  if metrics:
+    lines += ["", "| step | loss | L_u | L_loc | L_pre | mask coverage |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m['step']} | {m['loss']:.4g} | {m['l_u']:.4g} | {m['l_loc']:.4g} | {m['l_pre']:.4g} | "
+              f"{m['mask_coverage']:.3f} |" for m in metrics]
+  if evaluation:
+    lines += ["", f"Evaluation ({evaluation['scorer']}, {len(evaluation['videos'])} videos per model; "
+              "samples in `samples/`):", ""]
+    scorer = scorers.get(evaluation["scorer"])
+    if scorer is not None and evaluation.get("aggregate"):
+      lines += scorer.report_lines(evaluation)
+  if os.path.exists(os.path.join(run_dir, "contact_sheet.png")):
+    lines += ["", "First evaluation prompts, base and erased model on the same seed:", "",
+              "![contact sheet](contact_sheet.png)"]
+  path = os.path.join(run_dir, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path

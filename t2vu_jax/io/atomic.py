@@ -1,0 +1,54 @@
+"""Atomic writes: build the output in a temporary sibling, then rename it into place."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+
+def check_writable(out: str, overwrite: bool = False) -> str:
+  """`out` as an absolute path, or FileExistsError when it exists and may not be replaced."""
+  out = os.path.abspath(os.fspath(out))
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f"{out} already exists; choose another output path or allow overwriting (--overwrite)")
+  return out
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str, overwrite: bool = False):
+  """Yield a temporary directory that becomes `out` only if the block finishes without error."""
+  out = check_writable(out, overwrite)
+  parent = os.path.dirname(out)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  if os.path.exists(out):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
+    os.replace(out, os.path.join(old, "x"))
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def atomic_file(out: str, overwrite: bool = False):
+  """Yield a temporary file path that becomes the file `out` only if the block finishes without error."""
+  out = check_writable(out, overwrite)
+  if os.path.isdir(out):
+    raise IsADirectoryError(f"{out} is a directory; cannot replace it with a file")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, out)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise

@@ -1,0 +1,164 @@
+"""Eraser weights on disk: our eraser directory (`t2vu_jax.io.eraser_format`), a diffusers LoRA file,
+and a diffusers transformer with LoRA erasers merged in.
+
+- `save_erasers` / `load_erasers_into`: the eraser directory (`eraser_config.json` +
+  `erasers.safetensors`, fp32); `convert.torch_erasers.load_erasers` reads the same directory in
+  plain PyTorch. `export_adapter` is `save_erasers` under its export name.
+- `export_lora`: LoRA erasers as a diffusers LoRA file (`WanPipeline.load_lora_weights`), keys
+  `transformer.blocks.{i}.attn2.{to_q,to_k,to_v,to_out.0}.lora_{A,B}.weight`, A (r, D), B (D, r),
+  with our scale alpha/r folded into B (diffusers loads files without alphas at scale 1).
+- `export_merged`: LoRA erasers folded into the cross-attention weights, written as a stock diffusers
+  `WanTransformer3DModel` directory. Adapter erasers are refused: their GELU MLP on an attention
+  output has no place in the stock architecture, so no weights of it compute the erased model.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from t2vu_jax.io import eraser_format as fmt
+from t2vu_jax.io.atomic import atomic_directory, atomic_file
+from t2vu_jax.io.safetensors_io import SafetensorsError, SafetensorsFile, TensorSpec, write_safetensors
+from t2vu_jax.models.erasers import EraserConfig, attach_erasers, merge_lora
+from t2vu_jax.models.wan import WanTransformer
+from t2vu_jax.models.wan_params import save_diffusers
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
+EXPORT_FORMATS = ("adapter", "lora", "merged")
+F32 = np.dtype(np.float32)
+
+
+def _erasers(model: WanTransformer):
+  if getattr(model, "erasers", None) is None:
+    raise ValueError("the model has no erasers attached: nothing to export "
+                     "(attach or load erasers first: attach_erasers / load_erasers_into)")
+  return model.erasers, model.eraser_config
+
+
+def _host(param) -> np.ndarray:
+  return np.asarray(jax.device_get(param[...]), dtype=F32)
+
+
+def eraser_config_dict(model: WanTransformer) -> dict:
+  """The `eraser_config.json` of `model`'s erasers."""
+  _, cfg = _erasers(model)
+  return fmt.config_dict(cfg.kind, cfg.placement, cfg.rank, cfg.alpha, model.config.num_layers, model.config.dim)
+
+
+def _lazy_layers(erasers, scale_of=lambda param: None):
+  """produce(param, layer) -> a function giving that layer of the stacked eraser parameter, torch
+  (out, in) layout, times `scale_of(param)` when that is not None; each parameter fetched to the
+  host once."""
+  host = {}
+
+  def produce(param, layer):
+    def f():
+      if param not in host:
+        host[param] = _host(getattr(erasers, param))
+      a = host[param][layer].T
+      scale = scale_of(param)
+      return a if scale is None else a * np.float32(scale)
+    return f
+  return produce
+
+
+def save_erasers(model: WanTransformer, out: str, overwrite: bool = False) -> str:
+  """Write `model`'s erasers as an eraser directory at `out` (atomic); returns `out`."""
+  erasers, cfg = _erasers(model)
+  config = eraser_config_dict(model)
+  produce = _lazy_layers(erasers)
+  specs = [TensorSpec(k, s, F32, produce(p, i))
+           for k, (p, i, s) in fmt.tensor_layout(cfg.kind, model.config.num_layers, model.config.dim,
+                                                 cfg.rank).items()]
+  with atomic_directory(out, overwrite) as tmp:
+    write_safetensors(os.path.join(tmp, fmt.WEIGHTS_NAME), specs, {"format": "pt"})
+    with open(os.path.join(tmp, fmt.CONFIG_NAME), "w") as f:
+      json.dump(config, f, indent=2)
+  return out
+
+
+export_adapter = save_erasers  # the erasers for `convert.torch_erasers` (adapter or LoRA kind)
+
+
+def load_erasers_into(model: WanTransformer, path: str) -> WanTransformer:
+  """Attach the erasers of eraser directory `path` to `model` (replacing any), bit-exact; returns it.
+  A directory that fails any check leaves `model` as it was."""
+  cfg = fmt.read_config(path)
+  mc = model.config
+  if (cfg["num_layers"], cfg["dim"]) != (mc.num_layers, mc.dim):
+    raise ValueError(f"erasers in {path} are for a transformer with num_layers={cfg['num_layers']}, "
+                     f"dim={cfg['dim']}; this one has num_layers={mc.num_layers}, dim={mc.dim}")
+  file = fmt.weights_file(path)
+  stacked = {}
+  try:
+    with SafetensorsFile(file) as st:
+      fmt.check_tensors({k: t.shape for k, t in st.tensors.items()}, cfg, file)
+      for k, (param, layer, _) in fmt.tensor_layout(cfg["kind"], cfg["num_layers"], cfg["dim"], cfg["rank"]).items():
+        values = st.read(k)
+        fmt.check_values(k, values, file)
+        stacked.setdefault(param, [None] * cfg["num_layers"])[layer] = np.array(values, dtype=F32).T
+  except SafetensorsError as e:
+    raise ValueError(str(e)) from None
+  attach_erasers(model, EraserConfig(cfg["kind"], cfg["placement"], cfg["rank"], cfg.get("alpha")))
+  for param, layers in stacked.items():
+    getattr(model.erasers, param)[...] = jnp.asarray(np.stack(layers))
+  return model
+
+
+def lora_specs(model: WanTransformer) -> list[TensorSpec]:
+  """The diffusers LoRA tensors of `model`'s LoRA erasers (scale folded into lora_B)."""
+  erasers, cfg = _erasers(model)
+  if cfg.kind != "lora":
+    raise ValueError(f"the model's erasers are {cfg.kind!r}, not LoRA: they have no LoRA form; export them "
+                     "with --as adapter (convert/torch_erasers.py attaches them in PyTorch)")
+  n, d, r, scale = model.config.num_layers, model.config.dim, cfg.rank, cfg.lora_scale
+  produce = _lazy_layers(erasers, lambda param: scale if param.endswith("_b") and scale != 1 else None)
+  specs = []
+  for i in range(n):
+    for ours, theirs in fmt.LORA_TARGETS.items():
+      key = f"transformer.blocks.{i}.attn2.{'to_out.0' if theirs == 'to_out' else theirs}"
+      specs.append(TensorSpec(f"{key}.lora_A.weight", (r, d), F32, produce(f"{ours}_a", i)))
+      specs.append(TensorSpec(f"{key}.lora_B.weight", (d, r), F32, produce(f"{ours}_b", i)))
+  return specs
+
+
+def export_lora(model: WanTransformer, out: str, overwrite: bool = False) -> str:
+  """LoRA erasers as a diffusers LoRA: `out` ending in `.safetensors` is the file itself, otherwise a
+  directory holding `pytorch_lora_weights.safetensors`; either loads with `pipe.load_lora_weights(out)`."""
+  specs = lora_specs(model)
+  metadata = {"format": "pt", "t2vu_eraser_config": json.dumps(eraser_config_dict(model))}
+  if str(out).endswith(".safetensors"):
+    with atomic_file(out, overwrite) as tmp:
+      write_safetensors(tmp, specs, metadata)
+  else:
+    with atomic_directory(out, overwrite) as tmp:
+      write_safetensors(os.path.join(tmp, LORA_WEIGHT_NAME), specs, metadata)
+  return out
+
+
+def export_merged(model: WanTransformer, out: str, dtype=None, overwrite: bool = False,
+                  max_shard_size="5GB", progress: bool = True) -> str:
+  """LoRA erasers merged into attn2's weights, as a diffusers transformer directory (atomic);
+  `model` keeps its erasers. `dtype` None writes the model's dtype."""
+  _, cfg = _erasers(model)
+  if cfg.kind != "lora":
+    raise ValueError(f"{cfg.kind!r} erasers cannot be merged: the stock WanTransformer3DModel has no place for "
+                     "their GELU MLP; export them with --as adapter and attach them with "
+                     "convert/torch_erasers.py, or train LoRA erasers for a mergeable model")
+  save_diffusers(merge_lora(nnx.clone(model)), out, max_shard_size, dtype, overwrite, progress)
+  return out
+
+
+def export(model: WanTransformer, kind: str, out: str, dtype=None, overwrite: bool = False,
+           progress: bool = True) -> str:
+  """Write `model`'s erasers in export format `kind` (one of `EXPORT_FORMATS`)."""
+  if kind == "merged":
+    return export_merged(model, out, dtype=dtype, overwrite=overwrite, progress=progress)
+  if kind not in EXPORT_FORMATS:
+    raise ValueError(f"unknown export format {kind!r}; choose one of {EXPORT_FORMATS}")
+  return (export_adapter if kind == "adapter" else export_lora)(model, out, overwrite)
