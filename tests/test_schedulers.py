@@ -12,7 +12,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 from t2vu_jax.schedulers import Scheduler, make_scheduler, scheduler_from_config
 
 SHAPE = (1, 16, 3, 8, 10)
-TOL = 1e-6
+TOL = 2e-6  # 8 fp32 ulps of the largest sample (|x| < 4); the last bits vary with the CPU (1.7e-6 seen)
 SCAN_TOL = 1e-5
 TARGET = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
 # Wan2.1's scheduler/scheduler_config.json.
