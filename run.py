@@ -4,7 +4,8 @@
   python run.py --config=configs/wan_nudity.py --config.model.path=Wan2.1-T2V-1.3B-Diffusers
 
 A config (built on configs/base.py) runs the stages load, encode, erase, export, evaluate and
-report under its run directory (see t2vu_jax/erase/job.py); rerunning the same command resumes. For a multi-process run (one process per host) set
+report under its run directory (see t2vu_jax/erase/job.py); rerunning the same command resumes.
+For a multi-process run (one process per host) set
 JAX_COORDINATOR_ADDRESS=host:port of process 0, JAX_NUM_PROCESSES and JAX_PROCESS_ID on each
 (or only the address on a cluster JAX detects: SLURM, Open MPI, Kubernetes, Cloud TPU) and run the
 same command everywhere; process 0 writes the run directory (a filesystem all of them share).

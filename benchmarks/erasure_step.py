@@ -49,7 +49,7 @@ def main():
   import jax.numpy as jnp
   import torch
   import t2vu_jax
-  from conftest import build_diffusers_transformer
+  from builders import build_diffusers_transformer
   from torch_erasure import TorchErasers, erasure_objective
   from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig
   from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step, merge_model

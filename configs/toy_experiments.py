@@ -10,11 +10,13 @@ Every erasure is a run of `erasure`, the run config of `configs/toy.py` limited 
 encode and erase; the experiments set its model, prompt pools, seed and sampler, and each variant
 its λs and anchor. Evaluation samples with `erasure.eval.steps` and `erasure.eval.guidance`.
 """
+import dataclasses
 import os
 
 import ml_collections
 
 from configs import toy
+from t2vu_jax.toy.experiments import PromptSetSizes
 
 
 def get_config(arg: str = ""):
@@ -22,11 +24,8 @@ def get_config(arg: str = ""):
   c.model = os.path.join(toy.ROOT, "t2vu_jax", "toy", "pretrained")  # a pretrained pixel-space toy pipeline
   c.out = os.path.join(toy.ROOT, "docs", "toy_results.md")  # markdown; the contact sheet goes beside it (.png)
   c.workdir = ""                   # keep the erasure job directories here (default: a temporary directory)
-  c.seed = 0
   c.concepts = "colour:red,shape:circle"  # kind:value, comma-separated
-  c.erase_per_wording = 2          # erase prompts per (template, training wording)
-  c.preserve_per_value = 12        # preservation prompts per other value of the kind
-  c.eval_videos = 40               # per evaluation set
+  c.update(dataclasses.asdict(PromptSetSizes()))  # seed, erase_per_wording, preserve_per_value, eval_videos
   c.loc_sigma = 0.5                # noise level of the localization IoU column
   c.sheet_scale = 6
   c.erasure = toy.get_config()

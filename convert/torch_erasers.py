@@ -137,20 +137,10 @@ def load_erasers(path: str, device=None) -> TorchWanErasers:
   """Read an eraser directory (`eraser_config.json` + `erasers.safetensors`), validated."""
   path = os.fspath(path)
   cfg = fmt.read_config(path)
-  file = fmt.weights_file(path)
-  try:
-    tensors = safetensors.torch.load_file(file, device="cpu")
-  except Exception as e:
-    raise ValueError(f"{file}: cannot be read as safetensors ({e})") from None
-  fmt.check_tensors({k: tuple(v.shape) for k, v in tensors.items()}, cfg, file)
-  for k, v in tensors.items():
-    if not v.is_floating_point():
-      raise ValueError(f"{file}: tensor {k!r} has dtype {v.dtype}, expected floating point")
-    if not bool(torch.isfinite(v).all()):
-      raise ValueError(f"{file}: tensor {k!r} has NaN or Inf values")
+  tensors = {k: torch.from_numpy(v) for k, v in fmt.read_tensors(path, cfg).items()}  # checked, fp32
   erasers = TorchWanErasers(cfg["kind"], cfg["placement"], cfg["rank"], cfg["alpha"], cfg["num_layers"],
                             cfg["dim"], device="meta")
-  erasers.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True, assign=True)
+  erasers.load_state_dict(tensors, strict=True, assign=True)
   return erasers.to(device) if device is not None else erasers
 
 

@@ -28,6 +28,18 @@ def check_backend(backend: str) -> str:
   return backend
 
 
+def _probabilities(q, k):
+  """softmax(q k^T / sqrt(d)) in fp32, (B, H, S, L)."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def _concept_mass(probs, concept_mask):
+  """(B, S): mean over heads of `probs` summed over the keys marked in `concept_mask` (B, L)."""
+  return jnp.einsum("bhqk,bk->bq", probs, concept_mask.astype(jnp.float32)) / probs.shape[1]
+
+
 def dot_product_attention(q, k, v, backend: str = "xla"):
   """softmax(q k^T / sqrt(d)) v with the softmax in fp32."""
   if backend == "cudnn":
@@ -36,10 +48,7 @@ def dot_product_attention(q, k, v, backend: str = "xla"):
     return splash_attention(q, k, v)
   if backend != "xla":
     raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+  return jnp.einsum("bhqk,bkhd->bqhd", _probabilities(q, k).astype(v.dtype), v)
 
 
 def concept_attention(q, k, concept_mask):
@@ -48,10 +57,16 @@ def concept_attention(q, k, concept_mask):
 
   Only this (B, S) reduction leaves the function; the (B, H, S, L) probabilities stay inside it.
   """
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-  probs = jax.nn.softmax(logits, axis=-1)
-  return jnp.einsum("bhqk,bk->bq", probs, concept_mask.astype(jnp.float32)) / q.shape[2]
+  return _concept_mass(_probabilities(q, k), concept_mask)
+
+
+def attention_with_concept(q, k, v, concept_mask, backend: str = "xla"):
+  """(attention output, concept attention (B, S)). The XLA backend reads the concept attention off the
+  probabilities it computes anyway; the fused kernels keep theirs, so it is computed beside them."""
+  if backend != "xla":
+    return dot_product_attention(q, k, v, backend), concept_attention(q, k, concept_mask)
+  probs = _probabilities(q, k)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v), _concept_mass(probs, concept_mask)
 
 
 def splash_attention(q, k, v, interpret: bool = False):

@@ -24,7 +24,7 @@ from t2vu_jax import schedulers, text
 from t2vu_jax.models.umt5 import UMT5Encoder
 from t2vu_jax.models.vae import WanVAE, denormalize_latents
 from t2vu_jax.models.wan import WanTransformer
-from t2vu_jax.sharding import to_host
+from t2vu_jax.sharding import placer, to_host
 
 SUBFOLDERS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 PIXEL_STRIDE = (1, 1, 1)  # a pipeline without a VAE samples pixels (RGB in [-1, 1]) directly
@@ -245,10 +245,7 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
     scheduler_config = json.load(f)
   schedulers.scheduler_from_config(scheduler_config, 1)  # unsupported options fail before loading weights
   tokenizer = text.load_tokenizer(path)
-  place = None
-  if mesh is not None:
-    from t2vu_jax.sharding import placer
-    place = placer(mesh)
+  place = placer(mesh) if mesh is not None else None
   encoder = read_umt5(path, jnp.dtype(text_dtype or dtype), progress=progress, place=place)
   text.check_vocab(tokenizer, encoder)
   transformer = load_transformer(transformer or os.path.join(path, "transformer"), dtype, progress=progress,

@@ -49,7 +49,8 @@ def main(argv=None) -> int:
   p.add_argument("--out", default="scaling")
   args = p.parse_args(argv)
   if args.simulate:
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={args.simulate}"
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.simulate}"
 
   import jax
   import jax.numpy as jnp
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
     base = shard(state.base, base_sh)
     opt_state = jax.eval_shape(tx.init, erasers)
     text = (args.batch, 512, cfg.text_dim)
-    arr = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, len(shape), shape[0]))
+    arr = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(
+        shape, dtype, sharding=batch_sharding(mesh, len(shape), shape[0]))
     b = args.batch
     batch = ErasureBatch(x_t=arr(latent), t=arr((b,)), sigma=arr((b,)), cond=arr(text), uncond=arr(text),
                          concept_mask=arr((b, 512)), x_pre=arr(latent), t_pre=arr((b,)), cond_pre=arr(text))

@@ -199,7 +199,8 @@ def shard_module(module: nnx.Module, mesh: Mesh) -> nnx.Module:
 def placer(mesh: Mesh):
   """`place(path, host_array)` for the streaming converters: each weight goes straight to its shards."""
   def place(path, array):
-    return jax.device_put(array, NamedSharding(mesh, partition_spec(logical_axes(path, array.shape), array.shape, mesh)))
+    spec = partition_spec(logical_axes(path, array.shape), array.shape, mesh)
+    return jax.device_put(array, NamedSharding(mesh, spec))
   return place
 
 

@@ -158,7 +158,8 @@ def encode_prompts(encoder: UMT5Encoder, tokenizer, prompts: list[str] | str, ma
     n = len(todo[rows])
     pad = batch_size - n if len(todo) > batch_size else 0  # one compiled shape for every batch
     batch_ids, batch_mask = (np.pad(a[rows], ((0, pad), (0, 0))) for a in (ids, mask))
-    hidden = to_host(_encode(encoder, jnp.asarray(batch_ids), jnp.asarray(batch_mask)))[:n]  # gathered when split across processes
+    # gathered when split across processes
+    hidden = to_host(_encode(encoder, jnp.asarray(batch_ids), jnp.asarray(batch_mask)))[:n]
     for j, i in enumerate(todo[rows]):
       out[i] = hidden[j]
       if cache:

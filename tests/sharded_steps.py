@@ -27,7 +27,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from conftest import TINY  # noqa: E402  (also sets the matmul precision to highest)
+from builders import TINY  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
 
 CONFIG = dict(TINY, num_attention_heads=2, attention_head_dim=16, text_dim=16, ffn_dim=64)
 LOSS_RTOL, ERASER_ATOL = 1e-5, 2e-6
@@ -100,7 +102,8 @@ def check_loading(path, batch):
   for source in (path, path + "_flax"):
     sharded = t2vu_jax.load_transformer(source, "float32", progress=False, mesh=mesh)
     q = sharded.blocks.attn1.to_q.kernel[...]
-    assert tuple(q.sharding.spec) == (None, "fsdp", "tensor") and q.addressable_shards[0].data.shape == (2, 8, 16), q.sharding
+    assert tuple(q.sharding.spec) == (None, "fsdp", "tensor"), q.sharding
+    assert q.addressable_shards[0].data.shape == (2, 8, 16), q.sharding
     np.testing.assert_allclose(np.asarray(sharded(x, t, text)), np.asarray(plain(x, t, text)), atol=1e-5)
     print("load", "ok", flush=True)
 
@@ -117,7 +120,7 @@ def main(argv=None):
   if initialize_distributed():
     path = f"{path}_{jax.process_index()}"  # each process writes its own copy of the same model
   assert jax.device_count() == args.devices, (jax.device_count(), args.devices)
-  from conftest import build_diffusers_transformer
+  from builders import build_diffusers_transformer
   build_diffusers_transformer(CONFIG).save_pretrained(path)
   batch = make_batch()
   reference = run_steps(path, batch)

@@ -9,7 +9,7 @@ import torch
 from diffusers import WanTransformer3DModel
 
 import t2vu_jax
-from conftest import TINY
+from builders import TINY
 from t2vu_jax.io.errors import CheckpointError
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"

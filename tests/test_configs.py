@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import build_tokenizer
+from builders import build_tokenizer
 from t2vu_jax.erase import job
 from t2vu_jax.erase import prompts as P
 from t2vu_jax.text import clean_prompt

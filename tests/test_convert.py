@@ -11,7 +11,7 @@ from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffu
 from flax import nnx
 
 import t2vu_jax
-from conftest import CONFIGS, HEAD128, TINY, WIDE
+from builders import CONFIGS, HEAD128, TINY, WIDE
 from convert import flax_to_torch, torch_to_flax
 from t2vu_jax.models import wan_params
 from t2vu_jax.io.safetensors_io import SafetensorsFile

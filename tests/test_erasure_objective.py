@@ -6,7 +6,7 @@ import torch
 from flax import nnx
 
 import t2vu_jax
-from conftest import TINY, WIDE
+from builders import TINY, WIDE
 from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig, erasure_loss, localization_masks
 from t2vu_jax.models.erasers import EraserConfig, EraserParam, attach_erasers
 from torch_erasure import TorchErasers, erasure_objective

@@ -12,7 +12,7 @@ import torch
 from flax import nnx
 
 import t2vu_jax
-from conftest import PIPELINE_TRANSFORMER, TINY, WIDE, build_wan_pipeline
+from builders import PIPELINE_TRANSFORMER, TINY, WIDE, build_wan_pipeline
 from convert import torch_erasers
 from convert.export_erasers import (CONFIG_NAME, LORA_WEIGHT_NAME, WEIGHTS_NAME, export_adapter, export_lora,
                                     export_merged, load_erasers_into, main, save_erasers)
@@ -60,7 +60,8 @@ ERASERS = [("adapter", "cross_attn", None), ("adapter", "self_attn", None), ("lo
 
 @pytest.mark.parametrize("kind,placement,alpha", ERASERS)
 @pytest.mark.parametrize("config_name", ["tiny", "wide"])
-def test_torch_erasers_reproduce_our_velocity(save_diffusers_transformer, tmp_path, config_name, kind, placement, alpha):
+def test_torch_erasers_reproduce_our_velocity(save_diffusers_transformer, tmp_path, config_name, kind, placement,
+                                              alpha):
   config = CONFIGS[config_name]
   torch_model, path = save_diffusers_transformer(config)
   model = erased(path, kind, placement, alpha=alpha)
@@ -108,7 +109,7 @@ def test_lora_export_loads_with_load_lora_weights(tmp_path, config_name):
   if config_name == "pipeline":
     pipe, config = build_wan_pipeline(), PIPELINE_TRANSFORMER
   else:
-    from conftest import build_diffusers_transformer
+    from builders import build_diffusers_transformer
     config = WIDE
     pipe = WanPipeline(tokenizer=None, text_encoder=None, transformer=build_diffusers_transformer(WIDE), vae=None,
                        scheduler=None)
@@ -196,7 +197,8 @@ def test_cli_exports_an_erased_model_on_disk(save_diffusers_transformer, tmp_pat
                       str(tmp_path / "erasers"), "--out", str(tmp_path / "e.safetensors"), "--as", "lora"],
                      capture_output=True, text=True, cwd=ROOT)
   assert r.returncode == 0, r.stderr
-  with SafetensorsFile(str(tmp_path / "lora" / LORA_WEIGHT_NAME)) as a, SafetensorsFile(str(tmp_path / "e.safetensors")) as b:
+  with SafetensorsFile(str(tmp_path / "lora" / LORA_WEIGHT_NAME)) as a, \
+       SafetensorsFile(str(tmp_path / "e.safetensors")) as b:
     assert a.keys() == b.keys() and len(a.keys()) == 16
     for k in a.keys():
       np.testing.assert_array_equal(a.read(k), b.read(k))

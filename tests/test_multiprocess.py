@@ -40,7 +40,8 @@ def run_processes(argv, logs_dir) -> list[str]:
   procs, files = [], []
   try:
     for i in range(PROCESSES):
-      env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+      env = dict(os.environ, JAX_PLATFORMS="cpu",
+                 XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
                  JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES=str(PROCESSES), JAX_PROCESS_ID=str(i))
       out, err = open(logs_dir / f"out{i}", "w"), open(logs_dir / f"err{i}", "w")
       files += [out, err]

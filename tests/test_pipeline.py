@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import UMT5_TINY, build_umt5
+from builders import UMT5_TINY, build_umt5
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax import generate
 from t2vu_jax.pipeline import load_pipeline
@@ -129,7 +129,7 @@ def read_mp4(path):
 def test_pipeline_without_vae_samples_pixels(tmp_path):
   """The toy world's layout: model_index declares no VAE, the transformer works on RGB frames."""
   from diffusers import UniPCMultistepScheduler, WanPipeline
-  from conftest import PIPELINE_TRANSFORMER, build_diffusers_transformer, build_tokenizer
+  from builders import PIPELINE_TRANSFORMER, build_diffusers_transformer, build_tokenizer
   pipe = WanPipeline(tokenizer=build_tokenizer(), text_encoder=build_umt5(seed=1),
                      transformer=build_diffusers_transformer(dict(PIPELINE_TRANSFORMER, in_channels=3, out_channels=3)),
                      vae=None, scheduler=UniPCMultistepScheduler(prediction_type="flow_prediction",

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import build_tokenizer
+from builders import build_tokenizer
 from t2vu_jax.erase import prompts as P
 from t2vu_jax.text import MAX_LENGTH
 
@@ -170,8 +170,9 @@ def test_prompt_pool_is_immutable_and_validates_direct_construction():
 def test_multi_concept_pools(tmp_path):
   nude = write(tmp_path / "nude.jsonl", [{"prompt": f"a nude {w} in the park", "concept": "nude"}
                                          for w in ("man", "woman", "person")])
-  gogh = write(tmp_path / "gogh.jsonl", [{"prompt": "a city at night painted by Van Gogh", "concept": "Van Gogh"},
-                                         {"prompt": "Starry sky over a village, van gogh style", "concept": "van Gogh"}])
+  gogh = write(tmp_path / "gogh.jsonl",
+               [{"prompt": "a city at night painted by Van Gogh", "concept": "Van Gogh"},
+                {"prompt": "Starry sky over a village, van gogh style", "concept": "van Gogh"}])
   pool = P.load_pools([nude, gogh])
   assert pool.concepts == ("nude", "van gogh") and len(pool) == 5
   assert len(pool.for_concept("nude")) == 3 and len(pool.for_concept("VAN GOGH")) == 2

@@ -120,7 +120,8 @@ def test_evaluation_prompts_from_an_authors_csv(tmp_path):
   seeded.write_text('prompt,evaluation_seed,categories\n"a nude figure, at dusk",7,sexual\n')
   unseeded.write_text("prompt\na naked man swimming\n")
   job = ErasureJob.__new__(ErasureJob)  # only the config is needed to list the prompts
-  job.config = tiny_config(tmp_path, tmp_path / "run", **{"prompts.evaluate": f"{seeded},{unseeded}", "eval.seeds": 2, "eval.num_prompts": 5})
+  job.config = tiny_config(tmp_path, tmp_path / "run",
+                           **{"prompts.evaluate": f"{seeded},{unseeded}", "eval.seeds": 2, "eval.num_prompts": 5})
   assert job.eval_prompts() == [("a nude figure, at dusk", 7), ("a naked man swimming", 0), ("a naked man swimming", 1)]
 
 

@@ -27,16 +27,20 @@ def test_mesh_config_fills_one_axis_and_validates():
 
 def test_tensor_axis_must_divide_the_heads():
   import jax
-  with pytest.raises(ValueError, match=r"tensor=2 does not divide the model's 3 attention heads; choose tensor from \[1, 3\]"):
+  with pytest.raises(ValueError,
+                     match=r"tensor=2 does not divide the model's 3 attention heads; choose tensor from \[1, 3\]"):
     make_mesh(MeshConfig(1, 1, 1, 2), devices=jax.devices() * 2, num_heads=3)
 
 
 def test_logical_axes_and_partition_specs():
   mesh = AbstractMesh((2, 2, 1, 2), AXES)
   cases = {
-      ("blocks", "attn1", "to_q", "kernel"): ((30, 1536, 1536), ("layers", "embed", "heads"), PartitionSpec(None, "fsdp", "tensor")),
-      ("blocks", "attn2", "to_out", "kernel"): ((30, 1536, 1536), ("layers", "heads", "embed"), PartitionSpec(None, "tensor", "fsdp")),
-      ("blocks", "ffn", "net_0_proj", "kernel"): ((30, 1536, 8960), ("layers", "embed", "mlp"), PartitionSpec(None, "fsdp", "tensor")),
+      ("blocks", "attn1", "to_q", "kernel"):
+          ((30, 1536, 1536), ("layers", "embed", "heads"), PartitionSpec(None, "fsdp", "tensor")),
+      ("blocks", "attn2", "to_out", "kernel"):
+          ((30, 1536, 1536), ("layers", "heads", "embed"), PartitionSpec(None, "tensor", "fsdp")),
+      ("blocks", "ffn", "net_0_proj", "kernel"):
+          ((30, 1536, 8960), ("layers", "embed", "mlp"), PartitionSpec(None, "fsdp", "tensor")),
       ("blocks", "ffn", "net_2", "bias"): ((30, 1536), ("layers", None), PartitionSpec(None, None)),
       ("erasers", "down_w"): ((30, 1536, 128), ("layers", "embed", None), PartitionSpec(None, "fsdp", None)),
       ("erasers", "up_w"): ((30, 128, 1536), ("layers", None, "embed"), PartitionSpec(None, None, "fsdp")),
@@ -62,7 +66,8 @@ def test_activation_constraints_only_under_a_mesh_in_context():
   import jax.numpy as jnp
   from t2vu_jax.sharding import constrain
   f = lambda x: constrain(x, "batch", "tokens", None) * 2
-  constraints = lambda jaxpr: [e.params["sharding"].spec for e in jaxpr.eqns if e.primitive.name == "sharding_constraint"]
+  constraints = lambda jaxpr: [e.params["sharding"].spec for e in jaxpr.eqns
+                               if e.primitive.name == "sharding_constraint"]
   x = jnp.zeros((4, 6, 8))
   assert constraints(jax.make_jaxpr(f)(x)) == []
   with jax.sharding.use_abstract_mesh(AbstractMesh((2, 2, 2, 1), AXES)):
@@ -91,7 +96,8 @@ def test_scaling_tool_compiles_for_meshes_and_writes_csv_and_plot(tmp_path):
   import csv
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run([sys.executable, "-m", "t2vu_jax.scaling", "--model", "1.3b", "--meshes", "8x1x1x1,1x8x1x1",
-                           "--simulate", "8", "--frames", "1", "--height", "32", "--width", "32", "--out", str(tmp_path)],
+                           "--simulate", "8", "--frames", "1", "--height", "32", "--width", "32",
+                           "--out", str(tmp_path)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = list(csv.DictReader(open(tmp_path / "scaling_1.3b.csv")))

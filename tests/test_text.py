@@ -4,7 +4,7 @@ import pytest
 import torch
 import jax.numpy as jnp
 
-from conftest import build_tokenizer, build_umt5
+from builders import build_tokenizer, build_umt5
 from t2vu_jax.models.umt5_params import read_umt5
 from t2vu_jax import text
 

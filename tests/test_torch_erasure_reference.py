@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEEP, TINY, build_diffusers_transformer
+from builders import DEEP, TINY, build_diffusers_transformer
 from torch_erasure import (TorchErasers, cross_attention_probs, erasure_objective, localization_mask,
                            record_concept_attention, velocity)
 

@@ -11,7 +11,7 @@ from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models.umt5_params import read_umt5
 from t2vu_jax.models.umt5 import UMT5Config, relative_position_buckets
 
-from conftest import UMT5_TINY, build_umt5
+from builders import UMT5_TINY, build_umt5
 
 UMT5_RELU = dict(UMT5_TINY, feed_forward_proj="relu", num_layers=2, d_kv=6, num_heads=5)
 

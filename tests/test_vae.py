@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 from flax import nnx
 
-from conftest import VAE_TINY, build_wan_pipeline, perturb_
+from builders import VAE_TINY, build_wan_pipeline, perturb_
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models.vae_params import key_table, read_vae
 from t2vu_jax.models.vae import WanVAE, WanVAEConfig, denormalize_latents
@@ -168,8 +168,9 @@ def test_bad_vae_checkpoints(tmp_path):
   with pytest.raises(CheckpointError, match="config.json: config is_residual=True is not supported"):
     read_vae(tmp_path, progress=False)
   (tmp_path / "config.json").write_text(json.dumps(dict(config, base_dim=4)))
-  with pytest.raises(CheckpointError, match=r"base_dim 4.*tensor\(s\) with the wrong shape: .*"
-                                            r"decoder.conv_in.weight has shape \(3, 16, 3, 3, 3\), expected \(4, 16, 3, 3, 3\)"):
+  with pytest.raises(CheckpointError,
+                     match=r"base_dim 4.*tensor\(s\) with the wrong shape: .*"
+                           r"decoder.conv_in.weight has shape \(3, 16, 3, 3, 3\), expected \(4, 16, 3, 3, 3\)"):
     read_vae(tmp_path, progress=False)
   (tmp_path / "config.json").write_text(json.dumps(config))
 

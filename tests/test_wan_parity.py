@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 
 import t2vu_jax
-from conftest import CONFIGS
+from builders import CONFIGS
 from t2vu_jax.models.wan import rope_tables
 
 # (batch, frames, height, width, text length, timestep dtype): non-square, odd frame counts,

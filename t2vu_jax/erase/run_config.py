@@ -10,6 +10,7 @@ import dataclasses
 import os
 import typing
 
+import jax
 import ml_collections
 from ml_collections import config_dict
 
@@ -20,6 +21,7 @@ from t2vu_jax.erase.trajectory import TrajectoryConfig
 from t2vu_jax.evaluate import scorers
 from t2vu_jax.models.erasers import EraserConfig
 from t2vu_jax.models.erasers_params import EXPORT_FORMATS
+from t2vu_jax.sharding import MeshConfig
 
 STAGES = ("load", "encode", "erase", "export", "evaluate", "report")
 GROUPS = {"eraser": EraserConfig, "objective": ObjectiveConfig, "trajectory": TrajectoryConfig,
@@ -97,8 +99,6 @@ def validate(config) -> list[str]:
 
 
 def _validate_mesh(mesh: str) -> None:
-  import jax
-  from t2vu_jax.sharding import MeshConfig
   try:
     MeshConfig.parse(mesh).shape(jax.device_count())
   except ValueError as e:

@@ -58,6 +58,11 @@ def training_point(model: WanTransformer, scheduler: schedulers.Scheduler, rng, 
   return jax.lax.stop_gradient(x_t), t, sigma
 
 
+def pool_noise_key(seed: int, prompt: int, repeat: int) -> jax.Array:
+  """The key of the initial noise of prompt `prompt`'s `repeat`-th pooled trajectory."""
+  return jax.random.key(seed * 1_000_003 + prompt * 1009 + repeat)
+
+
 @nnx.jit(static_argnums=(1,))
 def _trajectories(model, scheduler, noise, cond, uncond, guidance):
   """Latents after every step but the last: (N − 1, B, C, F, H, W), erasers off."""
@@ -94,8 +99,8 @@ class TrajectoryPool:
     for start in tqdm(range(0, len(jobs), batch_size), desc="trajectory pool", disable=not progress):
       chunk = jobs[start:start + batch_size]
       pad = batch_size - len(chunk)  # one compiled shape for every chunk
-      noise = np.stack([np.asarray(jax.random.normal(jax.random.key(seed * 1_000_003 + p * 1009 + r),
-                                                     sample_shape, jnp.float32)) for p, r in chunk])
+      noise = np.stack([np.asarray(jax.random.normal(pool_noise_key(seed, p, r), sample_shape, jnp.float32))
+                        for p, r in chunk])
       noise = np.concatenate([noise, np.zeros((pad, *sample_shape), np.float32)])
       text = np.concatenate([cond[[p for p, _ in chunk]], np.zeros((pad, *cond.shape[1:]), cond.dtype)])
       xs = np.asarray(_trajectories(model, scheduler, jnp.asarray(noise), jnp.asarray(text),

@@ -1,6 +1,6 @@
 """The eraser directory format, shared by the JAX side (`t2vu_jax.models.erasers_params`) and the
-PyTorch side (`convert.torch_erasers`); standard library and numpy only, so neither side pulls in the
-other's framework.
+PyTorch side (`convert.torch_erasers`); standard library and numpy only (the safetensors reader is
+`t2vu_jax.io.safetensors_io`, numpy too), so neither side pulls in the other's framework.
 
 Version 1: `eraser_config.json` = {"format": "t2vu_erasers", "format_version": 1, "kind": "adapter" |
 "lora", "placement": "cross_attn" | "self_attn", "rank": r, "alpha": float or null (LoRA scale is
@@ -108,6 +108,24 @@ def check_tensors(shapes: dict[str, tuple], cfg: dict, where: str) -> None:
   for k, s in expected.items():
     if tuple(shapes[k]) != tuple(s):
       raise ValueError(f"{where}: tensor {k!r} has shape {tuple(shapes[k])}, {CONFIG_NAME} implies {tuple(s)}")
+
+
+def read_tensors(path: str, cfg: dict) -> dict[str, np.ndarray]:
+  """Every tensor of eraser directory `path` as fp32 numpy in the file's (torch) layout, after checking
+  names, shapes, dtypes and values against its config `cfg` (from `read_config`)."""
+  from t2vu_jax.io.safetensors_io import SafetensorsError, SafetensorsFile
+  file = weights_file(path)
+  try:
+    with SafetensorsFile(file) as st:
+      check_tensors({k: t.shape for k, t in st.tensors.items()}, cfg, file)
+      tensors = {}
+      for k in st.keys():
+        values = st.read(k)
+        check_values(k, values, file)
+        tensors[k] = np.array(values, dtype=np.float32)
+  except SafetensorsError as e:
+    raise ValueError(str(e)) from None
+  return tensors
 
 
 def check_values(name: str, values: np.ndarray, where: str) -> None:

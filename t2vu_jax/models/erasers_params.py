@@ -23,7 +23,7 @@ from flax import nnx
 
 from t2vu_jax.io import eraser_format as fmt
 from t2vu_jax.io.atomic import atomic_directory, atomic_file
-from t2vu_jax.io.safetensors_io import SafetensorsError, SafetensorsFile, TensorSpec, write_safetensors
+from t2vu_jax.io.safetensors_io import TensorSpec, write_safetensors
 from t2vu_jax.models.erasers import EraserConfig, attach_erasers, merge_lora
 from t2vu_jax.models.wan import WanTransformer
 from t2vu_jax.models.wan_params import save_diffusers
@@ -93,17 +93,10 @@ def load_erasers_into(model: WanTransformer, path: str) -> WanTransformer:
   if (cfg["num_layers"], cfg["dim"]) != (mc.num_layers, mc.dim):
     raise ValueError(f"erasers in {path} are for a transformer with num_layers={cfg['num_layers']}, "
                      f"dim={cfg['dim']}; this one has num_layers={mc.num_layers}, dim={mc.dim}")
-  file = fmt.weights_file(path)
+  tensors = fmt.read_tensors(path, cfg)
   stacked = {}
-  try:
-    with SafetensorsFile(file) as st:
-      fmt.check_tensors({k: t.shape for k, t in st.tensors.items()}, cfg, file)
-      for k, (param, layer, _) in fmt.tensor_layout(cfg["kind"], cfg["num_layers"], cfg["dim"], cfg["rank"]).items():
-        values = st.read(k)
-        fmt.check_values(k, values, file)
-        stacked.setdefault(param, [None] * cfg["num_layers"])[layer] = np.array(values, dtype=F32).T
-  except SafetensorsError as e:
-    raise ValueError(str(e)) from None
+  for k, (param, layer, _) in fmt.tensor_layout(cfg["kind"], cfg["num_layers"], cfg["dim"], cfg["rank"]).items():
+    stacked.setdefault(param, [None] * cfg["num_layers"])[layer] = tensors[k].T
   attach_erasers(model, EraserConfig(cfg["kind"], cfg["placement"], cfg["rank"], cfg.get("alpha")))
   for param, layers in stacked.items():
     getattr(model.erasers, param)[...] = jnp.asarray(np.stack(layers))

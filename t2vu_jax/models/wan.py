@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t2vu_jax.attention import check_backend, concept_attention, dot_product_attention
+from t2vu_jax.attention import attention_with_concept, check_backend, dot_product_attention
 from t2vu_jax.sharding import constrain
 
 F32 = jnp.float32
@@ -193,25 +193,40 @@ class Attention(nnx.Module):
     self.norm_q = RMSNorm(dim, cfg.eps)
     self.norm_k = RMSNorm(dim, cfg.eps)
 
-  def qkv(self, x, context=None, rope=None, lora=None):
-    """Heads-split (B, S, H, D) queries, keys, values; `lora` adds its low-rank deltas."""
+  def projections(self, x, context=None):
+    """The q, k, v projections before their norms, (B, S, D) and (B, L, D)."""
     context = x if context is None else context
-    project = lambda name, layer, t: layer(t) + (lora.delta(name, t).astype(t.dtype) if lora else 0)
-    split = lambda t: t.reshape(*t.shape[:2], self.heads, -1)
-    q = split(self.norm_q(project("q", self.to_q, x)))
-    k = split(self.norm_k(project("k", self.to_k, context)))
-    v = split(project("v", self.to_v, context))
+    return self.to_q(x), self.to_k(context), self.to_v(context)
+
+  @staticmethod
+  def with_lora(projections, lora, x, context=None):
+    """`projections` of x (and context) plus the LoRA's low-rank deltas (unchanged without a LoRA)."""
+    if lora is None:
+      return projections
+    inputs = (x, x if context is None else context, x if context is None else context)
+    return tuple(p + lora.delta(name, t).astype(t.dtype) for p, name, t in zip(projections, "qkv", inputs))
+
+  def split_heads(self, q, k, v, rope=None):
+    """Projections -> normalised, heads-split (B, S, H, D) queries, keys, values (RoPE on q and k)."""
+    split = lambda t: t.reshape(*t.shape[:2], self.heads, -1)  # noqa: E731
+    q, k, v = split(self.norm_q(q)), split(self.norm_k(k)), split(v)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     return q, k, v
 
-  def attend(self, q, k, v, backend="xla", lora=None):
-    out = dot_product_attention(q, k, v, backend)
+  def attend(self, q, k, v, backend="xla", lora=None, concept_mask=None):
+    """(output, concept attention (B, S) or None): `concept_mask` (B, L) asks for the attention mass on
+    those keys."""
+    if concept_mask is None:
+      out, concept = dot_product_attention(q, k, v, backend), None
+    else:
+      out, concept = attention_with_concept(q, k, v, concept_mask, backend)
     out = out.reshape(*out.shape[:2], -1)
-    return self.to_out(out) + (lora.delta("out", out).astype(out.dtype) if lora else 0)
+    return self.to_out(out) + (lora.delta("out", out).astype(out.dtype) if lora else 0), concept
 
   def __call__(self, x, context=None, rope=None, backend="xla", lora=None):
-    return self.attend(*self.qkv(x, context, rope, lora), backend, lora)
+    projections = self.with_lora(self.projections(x, context), lora, x, context)
+    return self.attend(*self.split_heads(*projections, rope), backend, lora)[0]
 
 
 class FeedForward(nnx.Module):
@@ -255,14 +270,15 @@ class WanBlock(nnx.Module):
     x = (x.astype(F32) + a * gate).astype(dtype)
 
     h = x if self.norm2 is None else self.norm2(x).astype(dtype)
-    q, k, v = self.attn2.qkv(h, context, lora=lora)
-    c = self.attn2.attend(q, k, v, backend, lora)
-    concept = None if concept_mask is None else concept_attention(q, k, concept_mask)
+    base = self.attn2.projections(h, context)
+    projections = self.attn2.with_lora(base, lora, h, context)
+    c, concept = self.attn2.attend(*self.attn2.split_heads(*projections), backend, lora, concept_mask)
     if adapter_at == "cross_attn":
       erased = eraser(c)
       c = c + erased.astype(dtype)
-    elif lora is not None and loc_mask is not None:
-      erased = c.astype(F32) - self.attn2(h, context, backend=backend).astype(F32)
+    elif lora is not None and loc_mask is not None:  # o = LoRA output − base output, from shared projections
+      c_base, _ = self.attn2.attend(*self.attn2.split_heads(*base), backend)
+      erased = c.astype(F32) - c_base.astype(F32)
     x = x + c
 
     h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(dtype)

@@ -33,6 +33,7 @@ from t2vu_jax.io.safetensors_io import SafetensorsError, TensorSpec, write_safet
 from t2vu_jax.io.streaming import (CONV3D, IDENTITY, LINEAR, Param, PickleSource, SafetensorsSource, Transform,
                                    module_tensors, read_into_module, safetensors_files)
 from t2vu_jax.models.wan import WanConfig, WanTransformer
+from t2vu_jax.sharding import param_shardings, placer
 
 COMFYUI_PREFIX = "model.diffusion_model."
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -168,46 +169,6 @@ class TorchCheckpoint:
   def open(self):
     source_cls = SafetensorsSource if self.kind == "safetensors" else PickleSource
     return source_cls(self.files, self.prefix)
-
-
-def _weight_files(path: str, allow_pickle: bool) -> tuple[list[str], str, str | None]:
-  """(files, kind, directory holding them) for a file or directory path."""
-  if not os.path.exists(path):
-    raise CheckpointError(f"checkpoint path does not exist: {path}")
-  if os.path.isfile(path):
-    if path.endswith(".safetensors"):
-      return [path], "safetensors", None
-    if path.endswith(PICKLE_SUFFIXES):
-      return _pickle_files([path], allow_pickle), "pickle", None
-    raise CheckpointError(f"unknown checkpoint format: {path} (expected .safetensors, a diffusers "
-                          f"directory, or with allow_pickle one of {PICKLE_SUFFIXES})")
-  if os.path.isdir(os.path.join(path, "transformer")):
-    return _weight_files(os.path.join(path, "transformer"), allow_pickle)
-  indexes = sorted(glob.glob(os.path.join(path, "*.safetensors.index.json")))
-  if indexes:
-    with open(indexes[0]) as f:
-      weight_map = json.load(f).get("weight_map", {})
-    files = sorted({os.path.join(path, v) for v in weight_map.values()})
-    missing = [f for f in files if not os.path.exists(f)]
-    if missing:
-      raise CheckpointError(f"{indexes[0]} lists shard files that do not exist: {missing}")
-    return files, "safetensors", path
-  files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
-  if files:
-    return files, "safetensors", path
-  pickles = sorted(f for s in PICKLE_SUFFIXES for f in glob.glob(os.path.join(path, "*" + s)))
-  if pickles:
-    return _pickle_files(pickles, allow_pickle), "pickle", path
-  raise CheckpointError(f"no transformer weights found in {path} (expected *.safetensors, an index "
-                        "json, or a pipeline directory with transformer/)")
-
-
-def _pickle_files(files, allow_pickle):
-  if not allow_pickle:
-    raise CheckpointError(f"refusing to load PyTorch pickle file(s) {files}: pickles can run arbitrary "
-                          "code. Convert them to safetensors, or pass allow_pickle=True (--allow-pickle) "
-                          "to load them with torch.load(weights_only=True)")
-  return files
 
 
 def _weight_files(path: str, allow_pickle: bool) -> tuple[list[str], str, str | None]:
@@ -463,7 +424,6 @@ def read_flax_transformer(path: str, dtype=None, mesh=None, **model_kwargs) -> W
   graphdef, abstract = nnx.split(model)
   target = abstract.to_pure_dict()
   if mesh is not None:
-    from t2vu_jax.sharding import param_shardings
     shardings = param_shardings(abstract, mesh).to_pure_dict()
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), target, shardings)
   restored = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "params"), target)
@@ -503,8 +463,5 @@ def load_transformer(path: str, dtype="float32", allow_pickle: bool = False, pro
   if is_flax_dir(path):
     return read_flax_transformer(path, dtype and jnp.dtype(dtype), mesh=mesh, **model_kwargs)
   ckpt = inspect_checkpoint(path, allow_pickle=allow_pickle)
-  place = None
-  if mesh is not None:
-    from t2vu_jax.sharding import placer
-    place = placer(mesh)
+  place = placer(mesh) if mesh is not None else None
   return read_transformer(ckpt, jnp.dtype(dtype or "float32"), place=place, progress=progress, **model_kwargs)

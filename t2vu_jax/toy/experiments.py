@@ -42,6 +42,16 @@ from t2vu_jax.toy.metrics import percent
 from t2vu_jax.toy.world import KINDS, TEMPLATES, VALUES, Scene
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptSetSizes:
+  """How a concept's prompt sets are drawn (`concept_sets`); the experiments config
+  (`configs/toy_experiments.py`) carries these fields with these defaults."""
+  seed: int = 0
+  erase_per_wording: int = 2     # erase prompts per (template, training wording)
+  preserve_per_value: int = 12   # preservation prompts per other value of the kind
+  eval_videos: int = 40          # per evaluation set
+
+
 POSITIVE = ("erase_per_wording", "preserve_per_value", "eval_videos", "sheet_scale")
 
 
@@ -127,9 +137,9 @@ class ConceptSets:
     return world.wordings(self.kind, self.value, held_out=False)[0]
 
 
-def concept_sets(kind: str, value: str, config) -> ConceptSets:
-  """The prompt sets of one concept, a function of (kind, value) and the experiments config's seed,
-  erase_per_wording, preserve_per_value and eval_videos."""
+def concept_sets(kind: str, value: str, config=PromptSetSizes()) -> ConceptSets:
+  """The prompt sets of one concept, a function of (kind, value) and the `PromptSetSizes` fields of
+  `config` (a `PromptSetSizes` or the experiments config)."""
   world.wordings(kind, value)
   ident = [config.seed, KINDS.index(kind), VALUES[kind].index(value)]
   rng = np.random.default_rng([*ident, 0])

@@ -4,8 +4,9 @@
 
 Writes, next to the other shipped pools, t2vu_jax/erase/pools/toy_<value>.jsonl (the value with its
 training wordings over every template) and toy_<value>_preserve.jsonl (the other values of its kind),
-and configs/prompts/toy_<value>_eval.jsonl (evaluation prompts disjoint from both: the value with training wordings, with its held-out wording, and the other
-values, interleaved so any prefix mixes them). The sets are `experiments.concept_sets`.
+and configs/prompts/toy_<value>_eval.jsonl (evaluation prompts disjoint from both: the value with
+training wordings, with its held-out wording, and the other values, interleaved so any prefix mixes
+them). The sets are `experiments.concept_sets` at the default `PromptSetSizes`.
 """
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ import argparse
 import itertools
 import os
 
+from t2vu_jax.toy.experiments import SETS, PromptSetSizes, concept_sets, parse_concepts, write_pool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 POOLS = os.path.join(ROOT, "t2vu_jax", "erase", "pools")
 EVAL = os.path.join(ROOT, "configs", "prompts")
 
-from t2vu_jax.toy.experiments import SETS, Settings, concept_sets, parse_concepts, write_pool
-
 
 def write_run_pools(kind: str, value: str, pools: str = POOLS, evaluation: str = EVAL,
-                    settings: Settings = Settings()) -> dict[str, str]:
+                    sizes: PromptSetSizes = PromptSetSizes()) -> dict[str, str]:
   """Write the three pools of erasing `kind` = `value`; returns name -> path."""
-  sets = concept_sets(kind, value, settings)
+  sets = concept_sets(kind, value, sizes)
   mixed = [p.entry(kind) for group in itertools.zip_longest(*(sets.evaluation[s].prompts for s in SETS))
            for p in group if p is not None]
   for d in (pools, evaluation):

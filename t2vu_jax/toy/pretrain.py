@@ -30,8 +30,11 @@ import optax
 from flax import nnx
 
 from t2vu_jax import text
+from t2vu_jax.io.atomic import atomic_directory
 from t2vu_jax.models.umt5 import UMT5Config, UMT5Encoder
+from t2vu_jax.models.umt5_params import read_umt5, save_umt5
 from t2vu_jax.models.wan import WanConfig, WanTransformer
+from t2vu_jax.models.wan_params import DIFFUSERS_VERSION, load_transformer, save_diffusers
 from t2vu_jax.toy import world
 from t2vu_jax.toy.tokenizer import MAX_PROMPT_TOKENS, TEXT_LENGTH, build_toy_tokenizer
 
@@ -42,7 +45,7 @@ TOY_WAN = WanConfig(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_
 TOY_UMT5 = UMT5Config(vocab_size=128, d_model=64, d_kv=32, d_ff=128, num_layers=1, num_heads=2,
                       relative_attention_num_buckets=8, relative_attention_max_distance=16)
 FLOW_SHIFT = 1.0
-EVAL_SEED = 2**31 - 1  # scenes and noise far from the training batches (seed * 1_000_003 + step)
+EVAL_SEED = 2**31 - 1  # scenes and noise far from the training batches (`batch_seed`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +104,14 @@ def make_optimizer(model: ToyModel, cfg: TrainConfig) -> nnx.Optimizer:
   return nnx.Optimizer(model, _transform(cfg), wrt=nnx.Param)
 
 
+def batch_seed(seed: int, step: int) -> int:
+  """The scene seed of training step `step` of the run seeded `seed`."""
+  return seed * 1_000_003 + step
+
+
 def batch(tokenizer, seed: int, step: int, cfg: TrainConfig):
   """(x0 (B, 3, F, H, W), ids, mask) of training step `step`: fresh scenes, some prompts dropped."""
-  videos, prompts, _ = world.dataset(seed * 1_000_003 + step, cfg.batch, omit=cfg.omit_attribute)
+  videos, prompts, _ = world.dataset(batch_seed(seed, step), cfg.batch, omit=cfg.omit_attribute)
   drop = np.random.default_rng([seed, step]).random(cfg.batch) < cfg.text_dropout
   prompts = ["" if d else p for p, d in zip(prompts, drop)]
   ids, mask = text.tokenize(tokenizer, prompts, TEXT_LENGTH)
@@ -112,8 +120,6 @@ def batch(tokenizer, seed: int, step: int, cfg: TrainConfig):
 
 def load_model(path: str) -> ToyModel:
   """A `ToyModel` holding the weights of a saved toy pipeline (to continue its training)."""
-  from t2vu_jax.models.wan_params import load_transformer
-  from t2vu_jax.models.umt5_params import read_umt5
   model = ToyModel(0)
   model.transformer = load_transformer(os.path.join(path, "transformer"), "float32", progress=False)
   model.text_encoder = read_umt5(path, jnp.float32, progress=False)
@@ -141,9 +147,6 @@ def pretrain(seed: int = 0, cfg: TrainConfig = TrainConfig(), log_every: int = 1
 def save_pipeline(model: ToyModel, tokenizer, out: str, flow_shift: float = FLOW_SHIFT,
                   overwrite: bool = False) -> None:
   """Write a diffusers `WanPipeline` directory with `vae: [null, null]` through our exporters."""
-  from t2vu_jax.io.atomic import atomic_directory
-  from t2vu_jax.models.umt5_params import save_umt5
-  from t2vu_jax.models.wan_params import DIFFUSERS_VERSION, save_diffusers
   with atomic_directory(out, overwrite) as tmp:
     save_diffusers(model.transformer, os.path.join(tmp, "transformer"), dtype="float32", progress=False)
     save_umt5(model.text_encoder, os.path.join(tmp, "text_encoder"), dtype="float32")

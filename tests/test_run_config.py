@@ -1,0 +1,81 @@
+"""Run config groups built from the library's dataclasses, the scorer registry, the experiments config."""
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import base, toy_experiments
+from t2vu_jax.erase import run_config
+from t2vu_jax.evaluate import scorers
+from t2vu_jax.toy import experiments
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("group", list(run_config.GROUPS))
+def test_config_groups_carry_the_dataclass_defaults(group):
+  cls = run_config.GROUPS[group]
+  config = base.get_config()
+  assert set(config[group]) == {f.name for f in dataclasses.fields(cls)}
+  assert run_config.settings(config, group) == cls()
+
+
+def test_a_none_default_is_a_typed_field_the_command_line_sets():
+  config = base.get_config()
+  assert config.eraser.alpha is None and run_config.settings(config, "eraser").lora_scale == 1.0
+  code = ("from absl import app, flags\nfrom ml_collections import config_flags\n"
+          "config_flags.DEFINE_config_file('config', 'configs/base.py')\n"
+          "app.run(lambda _: print(repr(flags.FLAGS.config.eraser.alpha)))")
+  out = subprocess.run([sys.executable, "-c", code, "--config.eraser.alpha=8"], cwd=ROOT, capture_output=True,
+                       text=True, check=True).stdout
+  assert out.strip() == "8.0"
+  config.eraser.alpha, config.eraser.rank = 8.0, 4
+  assert run_config.settings(config, "eraser").lora_scale == 2.0
+  config.eraser.alpha = -1.0
+  with pytest.raises(run_config.ConfigError, match=r"config\.eraser: LoRA alpha must be positive"):
+    run_config.settings(config, "eraser")
+
+
+def test_scorer_registry():
+  assert {"none", "nudenet", "toy"} <= set(scorers.names())
+  assert scorers.get("none") is None
+  toy = scorers.get("toy")
+  assert issubclass(toy, scorers.Scorer) and toy.name == "toy" and toy.field == "reading"
+  with pytest.raises(ValueError, match=r"'clip' is unknown; choose from \['none', "):
+    scorers.get("clip")
+
+
+def test_the_toy_scorer_refuses_a_run_that_is_not_a_toy_run():
+  config = base.get_config()
+  config.prompts.erase = os.path.join(ROOT, "t2vu_jax", "erase", "pools", "nudity.jsonl")
+  with pytest.raises(ValueError, match="'toy' scores toy-world runs only"):
+    scorers.get("toy").check(config)
+  config.prompts.erase = os.path.join(ROOT, "t2vu_jax", "erase", "pools", "toy_red.jsonl")
+  scorers.get("toy").check(config)
+  assert scorers.get("toy")(config).summary() == {"concept": ["colour", "red"]}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("concepts", "colour=red", "not kind:value"), ("concepts", "", "no concept"),
+    ("concepts", "colour:teal", "teal"), ("eval_videos", 0, "eval_videos must be >= 1"),
+    ("loc_sigma", 1.5, "loc_sigma must be in"),
+])
+def test_bad_experiments_configs_are_refused_before_any_model_loads(field, value, message):
+  config = toy_experiments.get_config()
+  config[field] = value
+  with pytest.raises(ValueError, match=message):
+    experiments.validate(config)
+
+
+def test_experiments_config_defaults_and_quick():
+  config = toy_experiments.get_config()
+  assert experiments.validate(config) == (("colour", "red"), ("shape", "circle"))
+  sizes = experiments.PromptSetSizes()
+  assert {f.name: config[f.name] for f in dataclasses.fields(sizes)} == dataclasses.asdict(sizes)
+  assert config.erasure.stages == "load,encode,erase"
+  quick = toy_experiments.get_config("quick")
+  assert experiments.validate(quick) == (("colour", "red"),) and quick.erasure.optim.total_steps == 1
+  with pytest.raises(ValueError, match="'quick'"):
+    toy_experiments.get_config("fast")
