@@ -60,11 +60,15 @@ def test_the_toy_scorer_refuses_a_run_that_is_not_a_toy_run():
 @pytest.mark.parametrize("field, value, message", [
     ("concepts", "colour=red", "not kind:value"), ("concepts", "", "no concept"),
     ("concepts", "colour:teal", "teal"), ("eval_videos", 0, "eval_videos must be >= 1"),
-    ("loc_sigma", 1.5, "loc_sigma must be in"),
+    ("loc_sigma", 1.5, "loc_sigma must be in"), ("erasure.eraser.rank", 0, r"config\.erasure\.eraser: .*rank"),
 ])
 def test_bad_experiments_configs_are_refused_before_any_model_loads(field, value, message):
   config = toy_experiments.get_config()
-  config[field] = value
+  *groups, name = field.split(".")
+  node = config
+  for g in groups:
+    node = node[g]
+  node[name] = value
   with pytest.raises(ValueError, match=message):
     experiments.validate(config)
 

@@ -34,10 +34,18 @@ import tempfile
 import time
 from typing import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from t2vu_jax.erase.job import ErasureJob
+from t2vu_jax.erase.objective import token_grid
+from t2vu_jax.erase.prompts import token_spans
+from t2vu_jax.erase.run_config import GROUPS, ConfigError, settings
+from t2vu_jax.evaluate.sheet import contact_sheet
+from t2vu_jax.pipeline import load_pipeline
 from t2vu_jax.toy import metrics, world
+from t2vu_jax.toy.classifier import classify_batch
 from t2vu_jax.toy.metrics import percent
 from t2vu_jax.toy.world import KINDS, TEMPLATES, VALUES, Scene
 
@@ -57,7 +65,10 @@ POSITIVE = ("erase_per_wording", "preserve_per_value", "eval_videos", "sheet_sca
 
 def validate(config) -> tuple[tuple[str, str], ...]:
   """Check an experiments config before any model loads; returns its concepts as (kind, value)s."""
-  concepts = parse_concepts(config.concepts)
+  try:
+    concepts = parse_concepts(config.concepts)
+  except ValueError as e:
+    raise ValueError(f"config.concepts: {e}") from None
   if not concepts:
     raise ValueError("config.concepts: no concept to erase")
   for name in POSITIVE:
@@ -65,6 +76,11 @@ def validate(config) -> tuple[tuple[str, str], ...]:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
   if not 0 < config.loc_sigma < 1:
     raise ValueError(f"config.loc_sigma must be in (0, 1), got {config.loc_sigma}")
+  for group in GROUPS:  # the erasures' own settings, before minutes of baselines
+    try:
+      settings(config.erasure, group)
+    except ConfigError as e:
+      raise ValueError(str(e).replace("config.", "config.erasure.", 1)) from None
   return concepts
 
 
@@ -242,7 +258,6 @@ def _sampler(pipe, steps: int) -> tuple[str, float]:
 
 def erase(model_dir: str, sets: ConceptSets, variant: Variant, config, workdir: str, pipe, log=None):
   """Run one erasure job in `workdir`; returns (erased transformer, {"seconds", "metrics"})."""
-  from t2vu_jax.erase.job import ErasureJob
   os.makedirs(workdir, exist_ok=True)
   erase_pool = write_pool(sets.erase if variant.augment else sets.erase_single, os.path.join(workdir, "erase.jsonl"))
   preserve_pool = write_pool(sets.preserve, os.path.join(workdir, "preserve.jsonl")) if variant.preserve else None
@@ -271,7 +286,6 @@ def generate(pipe, evalset: EvalSet, config, seed: int, negative_prompt: str = "
 
 def score(sets: ConceptSets, videos: dict) -> dict:
   """ESR on sets (a) and (b), PSR on (c), preservation of the other attributes on (a)."""
-  from t2vu_jax.toy.classifier import classify_batch
   kind, ev = sets.kind, sets.evaluation
   readings = {name: classify_batch(videos[name], value_range=(0, 1)) for name in SETS}
   return {"esr_train": metrics.erasure_success_rate(readings["train"], kind, sets.value),
@@ -289,9 +303,6 @@ def _concept_attention(model, x_t, t, cond, concept_mask):
 
 def localization(pipe, sets: ConceptSets, seed: int, sigma: float, threshold: float) -> np.ndarray:
   """(N, layers) IoU of the base model's concept masks with the true object masks on set (a)."""
-  import jax.numpy as jnp
-  from t2vu_jax.erase.objective import token_grid
-  from t2vu_jax.erase.prompts import token_spans
   if pipe.vae is not None:
     raise ValueError("localization IoU needs a pixel-space (toy) pipeline without a VAE")
   ev = sets.evaluation["train"]
@@ -382,8 +393,6 @@ def run(config, command: str = "", log=None) -> tuple[str, dict]:
   """Run every experiment of `config` (`configs/toy_experiments.py`); write the markdown to `config.out`
   and the contact sheet beside it (.png). Returns (markdown, results). Job directories go to
   `config.workdir` (default: a temporary one)."""
-  from t2vu_jax.evaluate.sheet import contact_sheet
-  from t2vu_jax.pipeline import load_pipeline
   concepts = validate(config)
   log = log or sys.stderr
   start = time.time()
