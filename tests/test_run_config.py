@@ -83,3 +83,15 @@ def test_experiments_config_defaults_and_quick():
   assert experiments.validate(quick) == (("colour", "red"),) and quick.erasure.optim.total_steps == 1
   with pytest.raises(ValueError, match="'quick'"):
     toy_experiments.get_config("fast")
+
+
+@pytest.mark.parametrize("field", ["erase", "preserve", "evaluate"])
+def test_a_pool_the_loader_rejects_fails_validation_not_a_later_stage(tmp_path, field):
+  from configs import toy
+  line = '{"prompt": "a red circle moving left", "concept": "red"}\n'
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(line + line)  # a duplicate prompt
+  config = toy.get_config()
+  config.prompts[field] = str(bad)
+  with pytest.raises(run_config.ConfigError, match=rf"(?s)config\.prompts\.{field}: .*duplicate prompt"):
+    run_config.validate(config)

@@ -86,3 +86,16 @@ def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
     assert (jobs / f"colour_red_{variant.name.replace(' ', '_')}" / "stages" / "erase").exists()
   rows = len(E.SHEET_ROWS) * len(E.SETS) * len(E.parse_concepts(QUICK.concepts))
   assert Image.open(out.with_suffix(".png")).size == sheet_size([(5, 16, 16, 3)] * rows, QUICK.sheet_scale)
+
+
+@pytest.mark.parametrize("kind, value", [(k, v) for k in world.KINDS for v in world.VALUES[k]])
+def test_pool_writer_writes_valid_pools_for_every_concept(tmp_path, kind, value):
+  """Every concept's three pools load: no duplicate prompt within or across them, every concept phrase
+  locatable, evaluation disjoint from training (the loader's own checks)."""
+  from t2vu_jax.erase.prompts import load_pool
+  from t2vu_jax.toy.pools import write_run_pools
+  paths = write_run_pools(kind, value, tmp_path, tmp_path)
+  prompts = ErasureSet.from_files([paths["erase"]], [paths["preserve"]])
+  evaluation = load_pool(paths["evaluate"])
+  assert len(evaluation) == len(E.SETS) * E.PromptSetSizes().eval_videos
+  assert not {e.prompt for e in evaluation} & {e.prompt for pool in (prompts.erase, prompts.preserve) for e in pool}

@@ -15,10 +15,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from t2vu_jax.erase.objective import ObjectiveConfig
-from t2vu_jax.erase.prompts import split_paths
+from t2vu_jax.erase.prompts import ErasureSet, load_pools, split_paths
 from t2vu_jax.erase.train import OptimConfig
 from t2vu_jax.erase.trajectory import TrajectoryConfig
 from t2vu_jax.evaluate import scorers
+from t2vu_jax.evaluate.videos import evaluation_prompts
 from t2vu_jax.models.erasers import EraserConfig
 from t2vu_jax.models.erasers_params import EXPORT_FORMATS
 from t2vu_jax.sharding import MeshConfig
@@ -114,6 +115,24 @@ def _validate_prompts(config, stages) -> None:
     for path in split_paths(config.prompts[field]):
       if not os.path.isfile(path):
         fail(f"prompts.{field}", f"file does not exist: {path}")
+  # Load them too: a pool the loader rejects must fail here, not after the erasure.
+  for field in ("erase", "preserve"):
+    if paths := split_paths(config.prompts[field]):
+      try:
+        load_pools(paths)
+      except ValueError as e:
+        fail(f"prompts.{field}", str(e))
+  erase, preserve = split_paths(config.prompts.erase), split_paths(config.prompts.preserve)
+  if erase and preserve:
+    try:
+      ErasureSet.from_files(erase, preserve)
+    except ValueError as e:
+      fail("prompts.preserve", f"does not fit prompts.erase: {e}")
+  if "evaluate" in stages:
+    try:
+      evaluation_prompts(config)
+    except ValueError as e:
+      fail("prompts.evaluate", str(e))
 
 
 def _validate_export(config) -> None:

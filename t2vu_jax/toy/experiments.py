@@ -207,7 +207,8 @@ def concept_sets(kind: str, value: str, config=PromptSetSizes()) -> ConceptSets:
       fixed = {kind: value if name != "others" else others[len(prompts) % len(others)]}
       scene = random_scene(eval_rng, fixed)
       p = world.prompt(scene, eval_rng, held_out)
-      if p.text not in seen:
+      if p.text not in seen:  # distinct from training and from every evaluation prompt so far
+        seen.add(p.text)
         scenes.append(scene)
         prompts.append(p)
     if len(prompts) < config.eval_videos:
