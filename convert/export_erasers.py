@@ -35,7 +35,7 @@ def main(argv=None) -> int:
   p.add_argument("--overwrite", action="store_true")
   args = p.parse_args(argv)
   try:
-    check_writable(args.out, args.overwrite)  # before any weights load
+    check_writable(args.out, args.overwrite, sources=[args.transformer, args.erasers])  # before any weights load
     if args.kind == "merged":
       import t2vu_jax
       model = t2vu_jax.load_transformer(args.transformer, args.dtype)

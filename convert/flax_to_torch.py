@@ -27,7 +27,7 @@ def main(argv=None) -> int:
 
   start = time.time()
   try:
-    check_writable(args.out, args.overwrite)  # before any weights load
+    check_writable(args.out, args.overwrite, sources=[args.src])  # before any weights load
     model = load_transformer(args.src, dtype=args.dtype)
     save = save_diffusers if args.format == "diffusers" else save_wan
     n, nbytes = save(model, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype,

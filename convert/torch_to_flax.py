@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
   start = time.time()
   try:
-    check_writable(args.out, args.overwrite)  # before any weights load
+    check_writable(args.out, args.overwrite, sources=[args.src])  # before any weights load
     ckpt = inspect_checkpoint(args.src, allow_pickle=args.allow_pickle)
     print(f"{args.src}: {ckpt.format} layout, {len(ckpt.files)} file(s), config {ckpt.config_source}")
     model = read_transformer(ckpt, jnp.dtype(args.dtype))

@@ -126,3 +126,16 @@ def test_sharded_index_naming_a_missing_shard(save_diffusers_transformer):
   shard.unlink()
   with pytest.raises(CheckpointError, match=f"lists shard files that do not exist.*{shard.name}"):
     t2vu_jax.load_transformer(path)
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "around"])
+def test_converters_refuse_to_write_over_their_source(save_diffusers_transformer, tmp_path, capsys, where):
+  from convert import flax_to_torch, torch_to_flax
+  _, src = save_diffusers_transformer(TINY)
+  before = {p.name: p.read_bytes() for p in src.iterdir()}
+  out = {"same": src, "inside": src / "flax", "around": src.parent}[where]
+  assert torch_to_flax.main(["--src", str(src), "--out", str(out), "--overwrite"]) == 1
+  assert "lies inside the source" in capsys.readouterr().err
+  assert flax_to_torch.main(["--src", str(src), "--out", str(out), "--overwrite"]) == 1
+  assert "lies inside the source" in capsys.readouterr().err
+  assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # nothing lost or changed

@@ -319,3 +319,25 @@ def test_mismatched_transformer(tiny_erased, save_diffusers_transformer, tmp_pat
   assert wide.erasers is None
   assert main(["--transformer", str(wide_path), "--erasers", str(tmp_path / "e"), "--out", str(tmp_path / "o"),
                "--as", "lora"]) == 1
+
+
+@pytest.mark.parametrize("case", ["alpha", "num_layers", "encoding"])
+def test_eraser_configs_are_checked_before_anything_is_allocated(tiny_erased, tmp_path, case):
+  _, _, model = tiny_erased
+  save_erasers(model, tmp_path / "e")
+  config = tmp_path / "e" / CONFIG_NAME
+  cfg = json.loads(config.read_text())
+  if case == "alpha":
+    cfg["alpha"] = float("inf")
+    config.write_text(json.dumps(cfg))  # writes Infinity, which json reads back
+    message = "'alpha' must be a finite positive number"
+  elif case == "num_layers":
+    cfg["num_layers"] = 100_000_000
+    config.write_text(json.dumps(cfg))
+    message = "num_layers=100000000"  # torch: "but the file holds tensors of 2 block(s)"; ours: the model's
+  else:
+    config.write_bytes(b"\xff\xfe" + json.dumps(cfg).encode("utf-16-le"))
+    message = f"{CONFIG_NAME}: not valid JSON"
+  for load in (torch_erasers.load_erasers, lambda p: load_erasers_into(model, p)):
+    with pytest.raises(ValueError, match=message):
+      load(tmp_path / "e")

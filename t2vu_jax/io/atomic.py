@@ -7,9 +7,15 @@ import shutil
 import tempfile
 
 
-def check_writable(out: str, overwrite: bool = False) -> str:
-  """`out` as an absolute path, or FileExistsError when it exists and may not be replaced."""
-  out = os.path.abspath(os.fspath(out))
+def check_writable(out: str, overwrite: bool = False, sources=()) -> str:
+  """`out` as an absolute path; FileExistsError when it exists and may not be replaced, ValueError when
+  it is, contains or lies inside one of the `sources` it is made from (replacing it would delete them)."""
+  out = os.path.realpath(os.fspath(out))
+  for source in sources:
+    source = os.path.realpath(os.fspath(source))
+    if os.path.commonpath([out, source]) in (out, source):
+      raise ValueError(f"output {out} is, contains or lies inside the source {source}; "
+                       "write it somewhere else (replacing it would delete the source)")
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f"{out} already exists; choose another output path or allow overwriting (--overwrite)")
   return out

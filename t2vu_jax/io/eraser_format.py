@@ -13,6 +13,7 @@ alpha / r; null means alpha = r), "num_layers": L, "dim": D, "dtype": "float32"}
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -68,8 +69,9 @@ def check_config(cfg: dict, where: str) -> dict:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
       raise ValueError(f"{where}: field {field!r} must be a positive integer, got {v!r}")
   alpha = cfg.get("alpha")
-  if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0):
-    raise ValueError(f"{where}: field 'alpha' must be a positive number or null, got {alpha!r}")
+  if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0
+                            or not math.isfinite(alpha)):
+    raise ValueError(f"{where}: field 'alpha' must be a finite positive number or null, got {alpha!r}")
   return cfg
 
 
@@ -81,9 +83,9 @@ def read_config(path: str) -> dict:
   if not os.path.isfile(file):
     raise FileNotFoundError(f"{path} has no {CONFIG_NAME}: not an eraser directory")
   try:
-    with open(file) as f:
+    with open(file, encoding="utf-8") as f:
       cfg = json.load(f)
-  except json.JSONDecodeError as e:
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{file}: not valid JSON ({e})") from None
   if not isinstance(cfg, dict):
     raise ValueError(f"{file}: expected a JSON object")
@@ -99,7 +101,12 @@ def weights_file(path: str) -> str:
 
 
 def check_tensors(shapes: dict[str, tuple], cfg: dict, where: str) -> None:
-  """The file's tensor names and shapes are those `cfg` implies, or a ValueError naming what differs."""
+  """The file's tensor names and shapes are those `cfg` implies, or a ValueError naming what differs.
+  A config claiming more blocks than the file holds is refused before the expected names are listed."""
+  blocks = {name.split(".")[1] for name in shapes if name.startswith("blocks.") and name.count(".") > 1}
+  if cfg["num_layers"] > len(blocks):
+    raise ValueError(f"{where}: {CONFIG_NAME} says num_layers={cfg['num_layers']}, but the file holds "
+                     f"tensors of {len(blocks)} block(s)")
   expected = tensor_shapes(cfg["kind"], cfg["num_layers"], cfg["dim"], cfg["rank"])
   missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
   if missing or extra:

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from t2vu_jax import text
-from t2vu_jax.io.atomic import atomic_directory
+from t2vu_jax.io.atomic import atomic_directory, check_writable
 from t2vu_jax.models.umt5 import UMT5Config, UMT5Encoder
 from t2vu_jax.models.umt5_params import read_umt5, save_umt5
 from t2vu_jax.models.wan import WanConfig, WanTransformer
@@ -198,6 +198,10 @@ def main(argv=None):
   p.add_argument("--guidance", type=float, default=4.0)
   args = p.parse_args(argv)
   cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup)
+  try:
+    check_writable(args.out, args.overwrite)  # before an hour of training, not after
+  except FileExistsError as e:
+    raise SystemExit(f"error: --out: {e}") from None
   start = time.time()
   model, tokenizer, _ = pretrain(args.seed, cfg, model=load_model(args.init) if args.init else None)
   print(f"pretraining: {time.time() - start:.0f} s")
