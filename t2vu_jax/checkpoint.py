@@ -4,7 +4,8 @@ A checkpoint holds what training changes: the step, the eraser parameters and th
 Everything else a step depends on is a function of (seed, step): its prompts and its RNG key, so
 resuming at step k replays exactly the run that was interrupted. Saves are asynchronous; the
 newest `keep` are kept. On restore, a latest checkpoint that cannot be read (a save cut short) is
-skipped with a warning for the one before it; one that does not fit the model is an error.
+skipped with a warning for the one before it; one written for another eraser configuration or model
+is an error that names the differing fields.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import os
 import signal
 import warnings
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -23,37 +22,41 @@ class CheckpointMismatch(ValueError):
 
 
 class TrainCheckpoints:
+  """Orbax checkpoints of a run's training state, each beside its `signature`: a JSON dict of what the
+  state was made for (the eraser configuration and the model's dimensions). A checkpoint whose
+  signature differs from this run's is refused, naming the differing fields, before any array is read."""
 
-  def __init__(self, directory: str, keep: int = 2):
+  def __init__(self, directory: str, signature: dict | None = None, keep: int = 2):
     self.directory = os.path.abspath(directory)
+    self.signature = signature or {}
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=True, enable_async_checkpointing=True))
 
   def save(self, step: int, trainable) -> None:
-    self.manager.save(step, args=ocp.args.StandardSave(trainable))
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(trainable),
+                                                    signature=ocp.args.JsonSave(self.signature)))
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
-  def _check_shapes(self, step: int, target) -> None:
-    saved = self.manager.item_metadata(step)
-    if saved is None:
-      return
-    # Compared as multisets of shapes: Orbax metadata names containers differently from the live pytree.
-    want = sorted(tuple(np.shape(a)) for a in jax.tree.leaves(target))
-    got = sorted(tuple(m.shape) for m in jax.tree.leaves(saved) if hasattr(m, "shape"))
-    if want != got:
-      extra, missing = sorted(set(got) - set(want)), sorted(set(want) - set(got))
+  def _check_signature(self, step: int) -> None:
+    """CheckpointMismatch when the step's signature differs from ours; an unreadable signature (a save cut
+    short) raises whatever reading it raised."""
+    saved = self.manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore())).signature
+    differ = sorted(k for k in set(saved) | set(self.signature) if saved.get(k) != self.signature.get(k))
+    if differ:
+      fields = ", ".join(f"{k}: {saved.get(k)!r} there, {self.signature.get(k)!r} here" for k in differ)
       raise CheckpointMismatch(f"checkpoint {self.directory}/{step} was written for another model or eraser "
-                               f"configuration (array shapes only in the checkpoint: {extra[:4]}, only in this "
-                               f"model: {missing[:4]}); use a new run directory or the config that wrote it")
+                               f"configuration ({fields}); use a new run directory (--config.workdir) or the "
+                               "config that wrote it")
 
   def restore_latest(self, target):
     """(step, restored) from the newest readable checkpoint, or (0, None) when there is none."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        self._check_shapes(step, target)
-        return step, self.manager.restore(step, args=ocp.args.StandardRestore(target))
+        self._check_signature(step)
+        return step, self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target))).state
       except CheckpointMismatch:
         raise
       except Exception as e:  # a save cut short: fall back to the previous one

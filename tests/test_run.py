@@ -189,7 +189,7 @@ def test_unreadable_latest_checkpoint_falls_back_and_foreign_checkpoints_are_ref
 
   os.remove(tmp_path / "run" / "stages" / "erase")
   other = ErasureJob(tiny_config(path, tmp_path / "run", stages=stages, **{"eraser.rank": 8}), progress=False)
-  with pytest.raises(CheckpointMismatch, match="another model or eraser configuration"):
+  with pytest.raises(CheckpointMismatch, match=r"another model or eraser configuration \(rank: 4 there, 8 here\)"):
     other.run()
 
 

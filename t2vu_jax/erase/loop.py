@@ -21,6 +21,7 @@ from t2vu_jax.erase.objective import ErasureBatch
 from t2vu_jax.erase.prompts import ErasureSet
 from t2vu_jax.erase.run_config import fail, settings
 from t2vu_jax.erase.train import init_train_state, make_optimizer, make_train_step
+from t2vu_jax.io import eraser_format
 from t2vu_jax.models.erasers import attach_erasers
 from t2vu_jax.models.wan import WanTransformer
 from t2vu_jax.sharding import shard_module
@@ -73,10 +74,18 @@ def train_setup(transformer: WanTransformer, config, mesh):
   return tx, graphdef, state
 
 
+def checkpoints(directory: str, transformer: WanTransformer, config) -> TrainCheckpoints:
+  """The run's train checkpoints, signed with the eraser configuration they hold (as its eraser files
+  record it)."""
+  cfg, mc = settings(config, "eraser"), transformer.config
+  signature = eraser_format.config_dict(cfg.kind, cfg.placement, cfg.rank, cfg.alpha, mc.num_layers, mc.dim)
+  return TrainCheckpoints(directory, signature)
+
+
 def restore_erased(transformer: WanTransformer, config, mesh, checkpoint_dir: str) -> WanTransformer:
   """`transformer` with the erasers of the latest checkpoint in `checkpoint_dir`."""
   _, graphdef, state = train_setup(transformer, config, mesh)
-  _, restored = TrainCheckpoints(checkpoint_dir).restore_latest(trainable(state))
+  _, restored = checkpoints(checkpoint_dir, transformer, config).restore_latest(trainable(state))
   if restored is None:
     raise FileNotFoundError(f"no erasure checkpoint in {checkpoint_dir}; run the erase stage")
   return nnx.merge(graphdef, restored["erasers"], state.base)
@@ -118,8 +127,8 @@ def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: Erasur
   tx, graphdef, state = train_setup(transformer, config, mesh)
   step_fn = make_train_step(graphdef, tx, settings(config, "objective"), settings(config, "trajectory"),
                             latent_shape)
-  checkpoints = TrainCheckpoints(os.path.join(run_dir, "checkpoints"))
-  start, restored = checkpoints.restore_latest(trainable(state))
+  saved = checkpoints(os.path.join(run_dir, "checkpoints"), transformer, config)
+  start, restored = saved.restore_latest(trainable(state))
   if restored is not None:
     state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
     log(f"resuming erasure from step {start}")
@@ -136,12 +145,12 @@ def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: Erasur
       if every(config.log_every, step):
         metrics_log.write(step + 1, metrics)
       if every(config.checkpoint_every, step) or preemption["requested"]:
-        checkpoints.save(step + 1, trainable(state))
+        saved.save(step + 1, trainable(state))
       if preemption["requested"] and step + 1 < optim.total_steps:
-        checkpoints.wait()
+        saved.wait()
         metrics_log.close()
         log(f"preempted: saved step {step + 1}; rerun the same command to resume")
         raise Preempted(step + 1)
-  checkpoints.wait()
+  saved.wait()
   metrics_log.close()
   return nnx.merge(graphdef, state.erasers, state.base), {"steps": optim.total_steps, "resumed_from": start}
