@@ -188,6 +188,7 @@ def test_unreadable_latest_checkpoint_falls_back_and_foreign_checkpoints_are_ref
     np.testing.assert_array_equal(a, b)
 
   os.remove(tmp_path / "run" / "stages" / "erase")
+  os.remove(tmp_path / "run" / "config.json")  # without the run's record, the checkpoints still refuse
   other = ErasureJob(tiny_config(path, tmp_path / "run", stages=stages, **{"eraser.rank": 8}), progress=False)
   with pytest.raises(CheckpointMismatch, match=r"another model or eraser configuration \(rank: 4 there, 8 here\)"):
     other.run()
@@ -207,3 +208,18 @@ def read_scalars(directory, tag):
       at += 12 + length + 4
       out += [(event.step, v.simple_value) for v in event.summary.value if v.tag == tag]
   return out
+
+
+def test_a_rerun_with_other_training_settings_is_refused_and_the_record_kept(wan_pipeline_dir, tmp_path):
+  _, path = wan_pipeline_dir()
+  run = tmp_path / "run"
+  ErasureJob(tiny_config(path, run, stages="load,encode", **{"optim.total_steps": 2}), progress=False).run()
+  record = (run / "config.json").read_text()
+  changed = tiny_config(path, run, stages="load,encode", **{"objective.eta": 5.0, "eraser.rank": 64})
+  with pytest.raises(ConfigError, match=r"eraser\.rank: 4 -> 64; objective\.eta: 1\.0 -> 5\.0.*--config\.workdir"):
+    ErasureJob(changed, progress=False).run()
+  assert (run / "config.json").read_text() == record
+  # Before the erase stage finished, more steps are a resume, and the record follows.
+  ErasureJob(tiny_config(path, run, stages="load,encode", **{"eval.num_prompts": 2}), progress=False).run()
+  assert json.loads((run / "config.json").read_text())["optim"]["total_steps"] == 4
+  assert json.loads((run / "config.json").read_text())["eval"]["num_prompts"] == 1  # evaluation: its own record

@@ -26,7 +26,7 @@ from flax import nnx
 
 from t2vu_jax.erase import loop
 from t2vu_jax.erase.prompts import ErasureSet, anchor_prompt, split_paths, token_spans
-from t2vu_jax.erase.run_config import STAGES, ConfigError, fail, validate
+from t2vu_jax.erase.run_config import STAGES, ConfigError, fail, training_differences, validate
 from t2vu_jax.evaluate.report import write_report
 from t2vu_jax.evaluate.videos import evaluate_models, evaluation_prompts
 from t2vu_jax.io.errors import CheckpointError
@@ -83,10 +83,30 @@ class ErasureJob:
     if self.primary:
       print(message, flush=True)
 
-  def run(self) -> dict:
+  def record_config(self) -> None:
+    """Write `config.json` on a run's first start; on a rerun, refuse training settings that differ from
+    the recorded ones (the run's checkpoints and results came from those). Evaluation settings may
+    change: each evaluation records its own in `evaluation.json`."""
+    recorded = self.path("config.json")
+    if os.path.exists(recorded):
+      with open(recorded) as f:
+        record = json.load(f)
+      # Until the erase stage finished, more (or fewer) steps resume from the latest checkpoint.
+      extendable = () if self.done("erase") else ("optim.total_steps",)
+      if differences := training_differences(record, self.config, ignore=extendable):
+        raise ConfigError(f"{self.run_dir} was run with other training settings ({'; '.join(differences)}); "
+                          "rerun with the recorded ones, or start a new run with --config.workdir=NEW_DIR")
+      if training_differences(record, self.config) and self.primary:  # the new step count joins the record
+        record["optim"]["total_steps"] = self.config.optim.total_steps
+        with open(recorded, "w") as f:
+          json.dump(record, f, indent=2)
+      return
     if self.primary:
-      with open(self.path("config.json"), "w") as f:
+      with open(recorded, "w") as f:
         f.write(self.config.to_json_best_effort(indent=2))
+
+  def run(self) -> dict:
+    self.record_config()
     summary = {}
     for stage in self.stages:
       if self.done(stage):

@@ -7,6 +7,7 @@ their own values. `validate` checks the rest before any weights load; every erro
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 
@@ -29,6 +30,11 @@ GROUPS = {"eraser": EraserConfig, "objective": ObjectiveConfig, "trajectory": Tr
           "optim": OptimConfig}
 DTYPES = ("float32", "bfloat16")
 VIDEO_MULTIPLE = 16  # sides of a video: the VAE stride 8 times the patch 2
+
+
+# What determines the erasers a run trains: a rerun in the same run directory must not change these.
+TRAINING_FIELDS = ("seed", "model", "eraser", "objective", "trajectory", "optim", "video", "batch_size",
+                   "preserve_batch_size", "prompts.erase", "prompts.preserve")
 
 
 class ConfigError(ValueError):
@@ -59,6 +65,22 @@ def settings(config, group: str):
     return GROUPS[group](**config[group].to_dict())
   except (ValueError, TypeError) as e:
     fail(group, str(e))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+  return out
+
+
+def training_differences(recorded: dict, config, ignore=()) -> list[str]:
+  """`field: recorded -> now` for every training field (`TRAINING_FIELDS`) in which `config` differs from
+  the recorded config (a `config.json` dict), except those in `ignore`. A field the record lacks is not
+  compared."""
+  old, new = _flat(recorded), _flat(json.loads(config.to_json_best_effort()))
+  fields = [k for k in sorted(old) if k not in ignore and any(k == f or k.startswith(f + ".") for f in TRAINING_FIELDS)]
+  return [f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in fields if old[k] != new.get(k)]
 
 
 def parse_stages(stages: str) -> list[str]:

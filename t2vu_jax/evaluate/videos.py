@@ -61,7 +61,9 @@ def evaluate_models(models: dict, config, out_dir: str, mesh, primary: bool = Tr
       if n < SHEET_PROMPTS:
         sheet.append((thumbnails(frames), f"{name} | seed {seed} | {prompt}"))
     rows.append(row)
-  result = {"scorer": ev.scorer, "videos": rows}
+  # This evaluation's own settings: they may differ from the run's config.json, which records training.
+  result = {"scorer": ev.scorer, "settings": {"eval": ev.to_dict(), "prompts": config.prompts.evaluate},
+            "videos": rows}
   if primary:
     if scorer is not None:
       result.update(scorer.summary())
