@@ -50,6 +50,10 @@ class TrainCheckpoints:
                                f"configuration ({fields}); use a new run directory (--config.workdir) or the "
                                "config that wrote it")
 
+  def latest_step(self) -> int | None:
+    """The newest saved step, readable or not."""
+    return self.manager.latest_step()
+
   def restore_latest(self, target):
     """(step, restored) from the newest readable checkpoint, or (0, None) when there is none."""
     for step in sorted(self.manager.all_steps(), reverse=True):

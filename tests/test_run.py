@@ -223,3 +223,24 @@ def test_a_rerun_with_other_training_settings_is_refused_and_the_record_kept(wan
   ErasureJob(tiny_config(path, run, stages="load,encode", **{"eval.num_prompts": 2}), progress=False).run()
   assert json.loads((run / "config.json").read_text())["optim"]["total_steps"] == 4
   assert json.loads((run / "config.json").read_text())["eval"]["num_prompts"] == 1  # evaluation: its own record
+
+
+def test_an_evaluation_of_an_older_checkpoint_says_so_in_the_report(wan_pipeline_dir, tmp_path):
+  _, path = wan_pipeline_dir()
+  run = tmp_path / "run"
+  job = ErasureJob(tiny_config(path, run, stages="load,encode,erase,export"), progress=False)
+  job.run()
+  exported = json.loads((run / "stages" / "export").read_text())["erasers"]
+  assert exported["step"] == exported["latest_step"] == 4 and len(exported["sha256"]) == 64
+  for f in (run / "checkpoints" / "4").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "manifest" not in f.name and "METADATA" not in f.name:
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a save cut short
+  later = ErasureJob(tiny_config(path, run, stages="evaluate,report", **{"eval.scorer": "none"}), progress=False)
+  with pytest.warns(UserWarning, match="falling back"):
+    later.run()
+  report = json.loads((run / "report.json").read_text())
+  evaluated = report["evaluated_erasers"]
+  assert (evaluated["step"], evaluated["latest_step"]) == (2, 4) and evaluated["sha256"] != exported["sha256"]
+  assert report["exported_erasers"] == exported
+  assert "latest checkpoint (step 4) could not be read; this evaluation used the erasers of step 2" in \
+      (run / "report.md").read_text()

@@ -51,6 +51,7 @@ class ErasureJob:
     os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
     self.pipe = None
     self.erased = None  # the trained model, once the erase stage ran or a checkpoint was restored
+    self.erased_from = None  # {"step", "latest_step"} of its erasers
 
   def _make_mesh(self):
     try:
@@ -138,11 +139,19 @@ class ErasureJob:
     return evaluation_prompts(self.config)
 
   def erased_model(self):
-    """The pipeline's transformer with the erasers of the latest checkpoint."""
+    """The pipeline's transformer with the erasers of the latest readable checkpoint."""
     if self.erased is None:
-      self.erased = loop.restore_erased(self.pipeline().transformer, self.config, self.mesh,
-                                        self.path("checkpoints"))
+      self.erased, self.erased_from = loop.restore_erased(self.pipeline().transformer, self.config, self.mesh,
+                                                          self.path("checkpoints"))
+      if self.erased_from["step"] != self.erased_from["latest_step"]:
+        self.log(f"warning: the latest checkpoint (step {self.erased_from['latest_step']}) cannot be read; "
+                 f"using the erasers of step {self.erased_from['step']}")
     return self.erased
+
+  def erasers_record(self) -> dict:
+    """What the erased model's erasers are: the step they come from and their sha256."""
+    model = self.host_model(with_base=False)  # every process calls this, as every process runs each stage
+    return {**self.erased_from, "sha256": erasers_params.eraser_digest(model)}
 
   def host_model(self, with_base: bool):
     """The erased model with its erasers (and, `with_base`, its base weights) as arrays on this host:
@@ -185,7 +194,8 @@ class ErasureJob:
         pipe.transformer, self.config, self.mesh, np.load(self.path("embeddings.npz")), self.prompt_set(),
         pipe.latent_shape(self.config.batch_size, v.height, v.width, v.frames), self.run_dir, self.primary,
         self.progress, self.log)
-    return info
+    self.erased_from = {"step": info["steps"], "latest_step": info["steps"]}
+    return {**info, "erasers": self.erasers_record()}
 
   def stage_export(self):
     formats = split_paths(self.config.export.formats)
@@ -195,15 +205,16 @@ class ErasureJob:
       for kind, target in out.items():
         erasers_params.export(model, kind, self.path(target), dtype=self.config.export.dtype, overwrite=True,
                               progress=self.progress)
-    return out
+    return {**out, "erasers": self.erasers_record()}
 
   def stage_evaluate(self):
     """The evaluation prompts through the base and the erased model on the same seeds: videos, and
     scores when a scorer is configured."""
     pipe = self.pipeline()
     models = {"base": (pipe, False), "erased": (dataclasses.replace(pipe, transformer=self.erased_model()), True)}
-    result = evaluate_models(models, self.config, self.run_dir, self.mesh, self.primary, self.progress)
-    return {"videos": 2 * len(result["videos"]), "scorer": self.config.eval.scorer}
+    result = evaluate_models(models, self.config, self.run_dir, self.mesh, self.primary, self.progress,
+                             erasers=self.erasers_record())
+    return {"videos": 2 * len(result["videos"]), "scorer": self.config.eval.scorer, "erasers": result["erasers"]}
 
   def stage_report(self):
     if self.primary:

@@ -82,13 +82,15 @@ def checkpoints(directory: str, transformer: WanTransformer, config) -> TrainChe
   return TrainCheckpoints(directory, signature)
 
 
-def restore_erased(transformer: WanTransformer, config, mesh, checkpoint_dir: str) -> WanTransformer:
-  """`transformer` with the erasers of the latest checkpoint in `checkpoint_dir`."""
+def restore_erased(transformer: WanTransformer, config, mesh, checkpoint_dir: str) -> tuple[WanTransformer, dict]:
+  """(`transformer` with the erasers of the newest readable checkpoint in `checkpoint_dir`, its source:
+  {"step", "latest_step"}; they differ when the latest checkpoint could not be read)."""
   _, graphdef, state = train_setup(transformer, config, mesh)
-  _, restored = checkpoints(checkpoint_dir, transformer, config).restore_latest(trainable(state))
+  saved = checkpoints(checkpoint_dir, transformer, config)
+  step, restored = saved.restore_latest(trainable(state))
   if restored is None:
     raise FileNotFoundError(f"no erasure checkpoint in {checkpoint_dir}; run the erase stage")
-  return nnx.merge(graphdef, restored["erasers"], state.base)
+  return nnx.merge(graphdef, restored["erasers"], state.base), {"step": step, "latest_step": saved.latest_step()}
 
 
 class StepBatches:

@@ -23,8 +23,10 @@ def write_report(run_dir: str, name: str, stages: dict) -> str:
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
       metrics = [json.loads(line) for line in f if line.strip()]
   evaluation = _read_json(os.path.join(run_dir, "evaluation.json"))
+  erasers = evaluation.get("erasers") if evaluation else None
   report = {"name": name, "stages": stages, "final_metrics": metrics[-1] if metrics else None,
-            "evaluation": evaluation and evaluation.get("aggregate")}
+            "evaluation": evaluation and evaluation.get("aggregate"), "evaluated_erasers": erasers,
+            "exported_erasers": stages.get("export", {}).get("erasers")}
   with open(os.path.join(run_dir, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
 
@@ -37,6 +39,11 @@ def write_report(run_dir: str, name: str, stages: dict) -> str:
   if evaluation:
     lines += ["", f"Evaluation ({evaluation['scorer']}, {len(evaluation['videos'])} videos per model; "
               "samples in `samples/`):", ""]
+    if erasers:
+      lines += [f"Erasers evaluated: step {erasers['step']}, sha256 `{erasers['sha256'][:16]}`.", ""]
+      if erasers["step"] != erasers["latest_step"]:
+        lines += [f"**Warning: the latest checkpoint (step {erasers['latest_step']}) could not be read; this "
+                  f"evaluation used the erasers of step {erasers['step']}.**", ""]
     scorer = scorers.get(evaluation["scorer"])
     if scorer is not None and evaluation.get("aggregate"):
       lines += scorer.report_lines(evaluation)

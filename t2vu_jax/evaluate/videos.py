@@ -33,11 +33,12 @@ def evaluation_prompts(config) -> list[tuple[str, int]]:
           for s in ([seed] if seed is not None else range(config.eval.seeds))]
 
 
-def evaluate_models(models: dict, config, out_dir: str, mesh, primary: bool = True,
-                    progress: bool = True) -> dict:
+def evaluate_models(models: dict, config, out_dir: str, mesh, primary: bool = True, progress: bool = True,
+                    erasers: dict | None = None) -> dict:
   """Generate the evaluation prompts with every pipeline of `models` (name -> (pipeline, erasers on)),
   write the videos to `out_dir/samples/`, and, on the primary process, score them and write
-  `evaluation.json` and `contact_sheet.png`. Returns the evaluation record."""
+  `evaluation.json` and `contact_sheet.png`. `erasers` (which erasers were evaluated: step, sha256)
+  goes into the record. Returns the evaluation record."""
   ev = config.eval
   scorer_cls = scorers.get(ev.scorer)
   scorer = scorer_cls(config) if scorer_cls is not None else None
@@ -45,10 +46,10 @@ def evaluate_models(models: dict, config, out_dir: str, mesh, primary: bool = Tr
   rows, scores, sheet = [], {name: [] for name in models}, []
   for n, (prompt, seed) in enumerate(tqdm(evaluation_prompts(config), desc="evaluating", disable=not progress)):
     row = {"prompt": prompt, "seed": seed}
-    for name, (pipe, erasers) in models.items():
+    for name, (pipe, erasers_on) in models.items():
       with jax.set_mesh(mesh):
         frames = pipe.generate(prompt, height=ev.height, width=ev.width, num_frames=ev.frames, steps=ev.steps,
-                               guidance=ev.guidance, seed=seed, progress=False, erasers=erasers)[0]
+                               guidance=ev.guidance, seed=seed, progress=False, erasers=erasers_on)[0]
       path = os.path.join(out_dir, "samples", f"{n:03d}_seed{seed}_{name}.mp4")
       row[name] = os.path.relpath(path, out_dir)
       if not primary:  # every process samples (the model is sharded); process 0 writes and scores
@@ -63,7 +64,7 @@ def evaluate_models(models: dict, config, out_dir: str, mesh, primary: bool = Tr
     rows.append(row)
   # This evaluation's own settings: they may differ from the run's config.json, which records training.
   result = {"scorer": ev.scorer, "settings": {"eval": ev.to_dict(), "prompts": config.prompts.evaluate},
-            "videos": rows}
+            "erasers": erasers, "videos": rows}
   if primary:
     if scorer is not None:
       result.update(scorer.summary())

@@ -13,6 +13,7 @@ and a diffusers transformer with LoRA erasers merged in.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -65,6 +66,17 @@ def _lazy_layers(erasers, scale_of=lambda param: None):
       return a if scale is None else a * np.float32(scale)
     return f
   return produce
+
+
+def eraser_digest(model: WanTransformer) -> str:
+  """sha256 of the eraser weights (fp32, parameter by parameter in name order) and their configuration:
+  which erasers a report, evaluation or export was made from."""
+  erasers, _ = _erasers(model)
+  digest = hashlib.sha256(json.dumps(eraser_config_dict(model), sort_keys=True).encode())
+  for path, value in sorted(nnx.to_flat_state(nnx.state(erasers)), key=lambda kv: kv[0]):
+    digest.update(".".join(map(str, path)).encode())
+    digest.update(np.ascontiguousarray(_host(value)).tobytes())
+  return digest.hexdigest()
 
 
 def save_erasers(model: WanTransformer, out: str, overwrite: bool = False) -> str:
