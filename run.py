@@ -16,13 +16,41 @@ classifier: every stage of the real path, in minutes on a laptop CPU.
 """
 import json
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 TOY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "toy.py")
-config_flags.DEFINE_config_file("config", TOY_CONFIG, "config file (default: the embedded toy config)")
+USAGE_ERROR = 2
+
+
+def usage_error(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
+def bad_override(e: Exception, argv) -> None:
+  """A `--config.x=y` that names no field or does not parse, as one line naming the flags given."""
+  given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config")]
+  usage_error(f"{', '.join(given) or '--config'}: {type(e).__name__}: {e} (fields: configs/base.py)")
+
+
+try:  # the config file's overrides are applied as the flag is defined, from sys.argv
+  config_flags.DEFINE_config_file("config", TOY_CONFIG, "config file (default: the embedded toy config)")
+except (AttributeError, KeyError, TypeError, ValueError) as e:
+  bad_override(e, sys.argv)
 FLAGS = flags.FLAGS
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad `--config.x=y` (unknown field, wrong type) as one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    usage_error(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    bad_override(e, argv)
 
 
 def run_erasure(config):
@@ -31,9 +59,9 @@ def run_erasure(config):
   initialize_distributed()
   try:
     job = ErasureJob(config)
+    summary = job.run()
   except ConfigError as e:
-    raise SystemExit(f"error: {e}") from None
-  summary = job.run()
+    usage_error(str(e))
   if job.primary:
     print(json.dumps({"run_dir": job.run_dir, "stages": summary}, indent=2))
 
@@ -41,8 +69,13 @@ def run_erasure(config):
 def main(_):
   if not FLAGS["verbosity"].present:  # keep Orbax's per-save INFO lines out of the progress bars
     logging.set_verbosity(logging.WARNING)
-  run_erasure(FLAGS.config)
+  try:
+    config = FLAGS.config
+    config.keys()  # a config file that failed to load raises on first use
+  except OSError as e:
+    usage_error(f"--config: cannot load the config file ({str(e).strip().splitlines()[-1].strip()})")
+  run_erasure(config)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

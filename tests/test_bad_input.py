@@ -139,3 +139,56 @@ def test_converters_refuse_to_write_over_their_source(save_diffusers_transformer
   assert flax_to_torch.main(["--src", str(src), "--out", str(out), "--overwrite"]) == 1
   assert "lies inside the source" in capsys.readouterr().err
   assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # nothing lost or changed
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.foo=1"], "--config.foo: AttributeError"),
+    (["--config.eraser.rnak=3"], 'Did you mean "rank"'),
+    (["--config=configs/nope.py"], "--config: cannot load the config file .*configs/nope.py"),
+    (["--config.optim.total_steps=-5"], r"config\.optim: total_steps must be a positive integer, got -5"),
+    (["--config.optim.total_steps=0"], r"config\.optim: total_steps must be a positive integer, got 0"),
+    (["--config.stages=erase", "--config.workdir={fresh}"], r"config\.stages: 'erase' reads the encode stage's"),
+    (["--config.workdir={file}"], r"config\.workdir: cannot write the run directory"),
+])
+def test_run_py_usage_errors_are_one_line_with_status_2(tmp_path, args, message):
+  import re
+  import subprocess
+  import sys
+  (tmp_path / "file").write_text("")
+  args = [a.format(fresh=tmp_path / "fresh", file=tmp_path / "file") for a in args]
+  r = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert "Traceback" not in r.stderr and re.search(message, r.stderr), r.stderr[-2000:]
+  assert r.stderr.strip().startswith("error: ")
+  assert not (tmp_path / "fresh" / "embeddings.npz").exists()
+
+
+@pytest.mark.parametrize("header, message", [
+    ([1, 2], "a JSON list, not an object"),
+    ({"a": {"shape": [1], "data_offsets": [0, 4]}}, "tensor 'a' lacks a dtype"),
+])
+def test_corrupt_safetensors_headers_name_the_file(tmp_path, header, message):
+  import struct
+  path = tmp_path / WEIGHTS
+  blob = json.dumps(header).encode()
+  path.write_bytes(struct.pack("<Q", len(blob)) + blob + b"\0" * 4)
+  with pytest.raises(CheckpointError, match=f"{WEIGHTS}: corrupt safetensors header.*{message}"):
+    t2vu_jax.load_transformer(tmp_path)
+
+
+def test_a_legacy_pickle_is_a_checkpoint_error_naming_it(tmp_path):
+  path = tmp_path / "model.pt"
+  torch.save({"a": torch.ones(2)}, path, _use_new_zipfile_serialization=False)
+  with pytest.raises(CheckpointError, match=r"model\.pt: cannot be read as a PyTorch checkpoint"):
+    t2vu_jax.load_transformer(path, allow_pickle=True)
+
+
+def test_an_overflowing_csv_seed_names_the_row(tmp_path):
+  from t2vu_jax.evaluate import PromptCSVError, read_prompt_csv
+  path = tmp_path / "p.csv"
+  path.write_text(f"prompt,evaluation_seed\na cat,1\na dog,{2**70}\n")
+  with pytest.raises(PromptCSVError, match=r"p\.csv, row 3: evaluation_seed 1180591620717411303424 does not fit"):
+    read_prompt_csv(path)

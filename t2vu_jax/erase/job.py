@@ -48,7 +48,12 @@ class ErasureJob:
     self.run_dir = config.workdir or os.path.join("runs", config.name)
     self.primary = is_primary()  # the process that writes files and prints (process 0)
     self.progress = progress and self.primary
-    os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
+    try:
+      os.makedirs(os.path.join(self.run_dir, "stages"), exist_ok=True)
+      if not os.access(self.run_dir, os.W_OK):
+        raise PermissionError("not writable")
+    except OSError as e:
+      fail("workdir", f"cannot write the run directory {self.run_dir}: {e}")
     self.pipe = None
     self.erased = None  # the trained model, once the erase stage ran or a checkpoint was restored
     self.erased_from = None  # {"step", "latest_step"} of its erasers
@@ -106,7 +111,19 @@ class ErasureJob:
       with open(recorded, "w") as f:
         f.write(self.config.to_json_best_effort(indent=2))
 
+  def check_inputs(self) -> None:
+    """Every stage to run finds what it reads: written by an earlier run, or by a stage of this one."""
+    needs = {"erase": ("encode", "embeddings.npz"), "export": ("erase", "checkpoints"),
+             "evaluate": ("erase", "checkpoints")}
+    for stage in self.stages:
+      if stage in needs and not self.done(stage):
+        before, what = needs[stage]
+        if before not in self.stages and not os.path.exists(self.path(what)):
+          fail("stages", f"'{stage}' reads the {before} stage's {what}, which {self.run_dir} does not have: "
+               f"add {before} to --config.stages (or run it first)")
+
   def run(self) -> dict:
+    self.check_inputs()
     self.record_config()
     summary = {}
     for stage in self.stages:

@@ -38,6 +38,8 @@ class OptimConfig:
       raise ValueError(f"optimizer schedule {self.schedule!r} is unknown; choose one of {SCHEDULES}")
     if self.learning_rate <= 0 or self.clip_norm <= 0:
       raise ValueError("learning_rate and clip_norm must be positive")
+    if isinstance(self.total_steps, bool) or not isinstance(self.total_steps, int) or self.total_steps < 1:
+      raise ValueError(f"total_steps must be a positive integer, got {self.total_steps!r}")
     if not 0 <= self.warmup_steps <= self.total_steps:
       raise ValueError(f"warmup_steps must be in [0, total_steps={self.total_steps}], got {self.warmup_steps}")
 

@@ -36,6 +36,8 @@ def _seed(text: str, path, row: int, column: str) -> int:
     seed = int(f)
   if seed < 0:
     raise PromptCSVError(f"{path}, row {row}: {column} {seed} is negative")
+  if seed >= 2**32:
+    raise PromptCSVError(f"{path}, row {row}: {column} {seed} does not fit a 32-bit seed (at most {2**32 - 1})")
   return seed
 
 

@@ -62,10 +62,18 @@ class SafetensorsFile:
       header = json.loads(self._file.read(n))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
       raise SafetensorsError(f"{self.path}: corrupt safetensors header ({e})") from None
+    if not isinstance(header, dict):
+      raise SafetensorsError(f"{self.path}: corrupt safetensors header (a JSON {type(header).__name__}, "
+                             "not an object)")
     metadata = header.pop("__metadata__", None) or {}
     base = 8 + n
     tensors = {}
     for name, t in header.items():
+      if not isinstance(t, dict) or not {"dtype", "shape", "data_offsets"} <= set(t) \
+          or not isinstance(t["shape"], list) or not isinstance(t["data_offsets"], list) \
+          or len(t["data_offsets"]) != 2:
+        raise SafetensorsError(f"{self.path}: corrupt safetensors header: tensor {name!r} lacks a dtype, shape "
+                               "or [begin, end] data_offsets")
       if t["dtype"] not in DTYPES:
         raise SafetensorsError(f"{self.path}: tensor {name!r} has unsupported dtype {t['dtype']}")
       dtype, shape = DTYPES[t["dtype"]], tuple(t["shape"])

@@ -118,7 +118,11 @@ class PickleSource:
                             "(pip install -r requirements-dev.txt)") from None
     self.tensors = {}
     for f in files:
-      sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+      try:
+        sd = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+      except Exception as e:  # legacy (non-zip) pickles cannot be mapped; others are not checkpoints
+        raise CheckpointError(f"{f}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0]}); convert it to safetensors") from None
       sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
       for k, v in sd.items():
         if k.startswith(prefix):
