@@ -49,6 +49,8 @@ def _check_args(args) -> None:
   """Everything that can be checked before any weights are read."""
   from t2vu_jax.pipeline import check_pipeline_dir, check_video_shape
   check_video_shape(args.height, args.width, args.frames)
+  if args.fps < 1:
+    raise ValueError(f"--fps must be >= 1, got {args.fps}")
   if not args.prompt.strip():
     raise ValueError("--prompt is empty")
   if os.path.splitext(args.out)[1].lower() not in VIDEO_SUFFIXES:

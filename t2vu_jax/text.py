@@ -11,6 +11,7 @@ import html
 import json
 import os
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -62,8 +63,13 @@ def check_vocab(tokenizer, encoder: UMT5Encoder) -> None:
 
 def tokenize(tokenizer, prompts: list[str], max_length: int = MAX_LENGTH) -> tuple[np.ndarray, np.ndarray]:
   """Cleaned prompts to (ids, mask), each (B, max_length) int32, truncated and padded like Wan."""
-  out = tokenizer([clean_prompt(p) for p in prompts], padding="max_length", max_length=max_length,
+  cleaned = [clean_prompt(p) for p in prompts]
+  out = tokenizer(cleaned, padding="max_length", max_length=max_length,
                   truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="np")
+  lengths = [len(ids) for ids in tokenizer(cleaned, add_special_tokens=True)["input_ids"]]
+  if cut := [(p, n) for p, n in zip(cleaned, lengths) if n > max_length]:
+    warnings.warn(f"{len(cut)} prompt(s) longer than the text length {max_length} are cut to it (Wan does the "
+                  f"same), e.g. {cut[0][0][:60]!r}... has {cut[0][1]} tokens", stacklevel=2)
   return out["input_ids"].astype(np.int32), out["attention_mask"].astype(np.int32)
 
 

@@ -192,3 +192,37 @@ def test_an_overflowing_csv_seed_names_the_row(tmp_path):
   path.write_text(f"prompt,evaluation_seed\na cat,1\na dog,{2**70}\n")
   with pytest.raises(PromptCSVError, match=r"p\.csv, row 3: evaluation_seed 1180591620717411303424 does not fit"):
     read_prompt_csv(path)
+
+
+def test_generate_refuses_fps_0_before_loading(tmp_path, capsys):
+  from t2vu_jax import generate
+  assert generate.main(["--model", str(tmp_path), "--prompt", "a cat", "--out", str(tmp_path / "c.mp4"),
+                        "--fps", "0"]) == 1
+  assert "--fps must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_prompt_longer_than_the_text_length_warns():
+  from builders import build_tokenizer
+  from t2vu_jax.text import tokenize
+  with pytest.warns(UserWarning, match="1 prompt\\(s\\) longer than the text length 6 are cut"):
+    ids, mask = tokenize(build_tokenizer(), ["a cat", "a red cat walking in the park at night"], 6)
+  assert mask.sum(1).tolist() == [3, 6]
+
+
+def test_atomic_writes_respect_the_umask_and_stale_temporaries_are_removed(tmp_path):
+  from t2vu_jax.io.atomic import atomic_directory, atomic_file, remove_stale
+  previous = os.umask(0o022)
+  try:
+    with atomic_directory(tmp_path / "d") as tmp:
+      pass
+    with atomic_file(tmp_path / "f.json") as tmp:
+      open(tmp, "w").write("{}")
+  finally:
+    os.umask(previous)
+  assert (os.stat(tmp_path / "d").st_mode & 0o777, os.stat(tmp_path / "f.json").st_mode & 0o777) == (0o755, 0o644)
+  (tmp_path / ".adapter.tmp-x1").mkdir()  # an export killed midway
+  (tmp_path / ".adapter.old-x2").mkdir()
+  (tmp_path / ".other.tmp-x3").mkdir()
+  assert sorted(os.path.basename(p) for p in remove_stale(tmp_path / "adapter")) == [".adapter.old-x2",
+                                                                                      ".adapter.tmp-x1"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-x3", "d", "f.json"]

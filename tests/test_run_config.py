@@ -95,3 +95,15 @@ def test_a_pool_the_loader_rejects_fails_validation_not_a_later_stage(tmp_path, 
   config.prompts[field] = str(bad)
   with pytest.raises(run_config.ConfigError, match=rf"(?s)config\.prompts\.{field}: .*duplicate prompt"):
     run_config.validate(config)
+
+
+def test_a_resumed_run_logs_each_step_once(tmp_path):
+  """After a kill, training resumes from the last checkpoint (step 4 here) and logs steps 5.. again."""
+  import json
+  from t2vu_jax.erase.loop import MetricsLog
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)))
+  log = MetricsLog(str(tmp_path), enabled=True, resume_step=4)
+  log.write(5, {"loss": 0.5})
+  log.close()
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["loss"] == 0.5

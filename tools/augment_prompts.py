@@ -65,7 +65,9 @@ def build_prompt(tokenizer, prompt: str, concept: str) -> str:
   return f"{message}\n\nDetailed video caption:"
 
 
-def load_model(path: str):
+def load_model(path: str, allow_pickle: bool = False):
+  """A local causal LM and its tokenizer; safetensors weights only unless `allow_pickle` (pickles can run
+  arbitrary code), as the converters do."""
   if not os.path.isdir(path):
     raise AugmentError(f"--model: directory does not exist: {path}")
   try:
@@ -75,7 +77,8 @@ def load_model(path: str):
     raise AugmentError(f"the augment tool needs torch and transformers ({e})") from None
   try:
     tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="auto")
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype="auto",
+                                                              use_safetensors=not allow_pickle)
   except (OSError, ValueError, KeyError) as e:
     raise AugmentError(f"--model: cannot load a causal LM and its tokenizer from {path}: {e}") from None
   if torch.cuda.is_available():
@@ -115,7 +118,7 @@ def generate(tokenizer, model, text: str, n: int, seed: int, max_new_tokens: int
 
 def augment(pool_path: str, out_path: str, model_path: str, per_prompt: int, seed: int = 0,
             max_new_tokens: int = 200, temperature: float = 0.8, overwrite: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, allow_pickle: bool = False) -> dict:
   """Write `out_path` (original entries + accepted rewrites); returns the counts."""
   if per_prompt < 1:
     raise AugmentError(f"--per-prompt must be >= 1, got {per_prompt}")
@@ -134,7 +137,7 @@ def augment(pool_path: str, out_path: str, model_path: str, per_prompt: int, see
     pool = load_pool(pool_path)
   except PoolError as e:
     raise AugmentError(f"--pool: {e}") from None
-  tokenizer, model = load_model(model_path)
+  tokenizer, model = load_model(model_path, allow_pickle)
   from tqdm.auto import tqdm
 
   seen = {clean_prompt(e.prompt) for e in pool.entries}
@@ -180,6 +183,8 @@ def parse_args(argv=None):
   p.add_argument("--max-new-tokens", type=int, default=200, help="longest rewrite in tokens (default 200)")
   p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
   p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+  p.add_argument("--allow-pickle", action="store_true",
+                 help="also load pickled (.bin) LM weights; they can run arbitrary code (default: safetensors only)")
   return p.parse_args(argv)
 
 
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
   args = parse_args(argv)
   try:
     result = augment(args.pool, args.out, args.model, args.per_prompt, args.seed, args.max_new_tokens,
-                     args.temperature, args.overwrite)
+                     args.temperature, args.overwrite, allow_pickle=args.allow_pickle)
   except AugmentError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -29,6 +29,7 @@ from t2vu_jax.erase.prompts import ErasureSet, anchor_prompt, split_paths, token
 from t2vu_jax.erase.run_config import STAGES, ConfigError, fail, training_differences, validate
 from t2vu_jax.evaluate.report import write_report
 from t2vu_jax.evaluate.videos import evaluate_models, evaluation_prompts
+from t2vu_jax.io.atomic import remove_stale
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models import erasers_params
 from t2vu_jax.models.erasers import EraserParam
@@ -220,6 +221,7 @@ class ErasureJob:
     out = {kind: os.path.join("export", kind) for kind in formats}
     if self.primary:
       for kind, target in out.items():
+        remove_stale(self.path(target))  # left by an export that was killed
         erasers_params.export(model, kind, self.path(target), dtype=self.config.export.dtype, overwrite=True,
                               progress=self.progress)
     return {**out, "erasers": self.erasers_record()}

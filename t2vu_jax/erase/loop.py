@@ -31,11 +31,17 @@ class MetricsLog:
   """Training metrics as `metrics.jsonl` lines and TensorBoard scalars (`erase/<name>`); a no-op on
   processes other than process 0."""
 
-  def __init__(self, run_dir: str, enabled: bool):
+  def __init__(self, run_dir: str, enabled: bool, resume_step: int = 0):
     self.file = self.board = None
     if enabled:
       from tensorboardX import SummaryWriter
-      self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
+      path = os.path.join(run_dir, "metrics.jsonl")
+      if os.path.exists(path):  # rows after the resumed checkpoint are logged again: drop the old ones
+        with open(path) as f:
+          kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+        with open(path, "w") as f:
+          f.writelines(kept)
+      self.file = open(path, "a")
       self.board = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
   def write(self, step: int, metrics: dict) -> None:
@@ -136,7 +142,7 @@ def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: Erasur
     log(f"resuming erasure from step {start}")
 
   batches = StepBatches(embeddings, prompts, config)
-  metrics_log = MetricsLog(run_dir, enabled=primary)
+  metrics_log = MetricsLog(run_dir, enabled=primary, resume_step=start)
   key = jax.random.key(config.seed)
   every = lambda n, step: (step + 1) % n == 0 or step + 1 == optim.total_steps  # noqa: E731
   # The mesh in context turns on the model's activation sharding constraints.

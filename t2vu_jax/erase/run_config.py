@@ -168,7 +168,7 @@ def _validate_export(config) -> None:
 
 
 def _validate_eval(config, stages) -> None:
-  for field in ("num_prompts", "seeds", "steps", "score_every"):
+  for field in ("num_prompts", "seeds", "steps", "score_every", "fps"):
     if config.eval[field] < 1:
       fail(f"eval.{field}", f"must be >= 1, got {config.eval[field]}")
   try:

@@ -21,6 +21,32 @@ def check_writable(out: str, overwrite: bool = False, sources=()) -> str:
   return out
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def _as_created(path: str, directory: bool) -> None:
+  """Give a temporary file or directory (made 0600/0700) the mode a plain create would have: colleagues on
+  a shared filesystem can read what the umask lets them."""
+  os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def remove_stale(out: str) -> list[str]:
+  """Delete the temporary siblings of `out` that an interrupted atomic write left behind; returns them.
+  Only for outputs a single writer owns (such as a run directory's exports)."""
+  out = os.path.abspath(os.fspath(out))
+  parent, name = os.path.dirname(out), os.path.basename(out)
+  if not os.path.isdir(parent):
+    return []
+  stale = [os.path.join(parent, f) for f in os.listdir(parent)
+           if f.startswith(f".{name}.tmp-") or f.startswith(f".{name}.old-")]
+  for path in stale:
+    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+  return stale
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str, overwrite: bool = False):
   """Yield a temporary directory that becomes `out` only if the block finishes without error."""
@@ -28,6 +54,7 @@ def atomic_directory(out: str, overwrite: bool = False):
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
+  _as_created(tmp, directory=True)
   try:
     yield tmp
   except BaseException:
@@ -51,6 +78,7 @@ def atomic_file(out: str, overwrite: bool = False):
   os.makedirs(os.path.dirname(out), exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
   os.close(fd)
+  _as_created(tmp, directory=False)
   try:
     yield tmp
     os.replace(tmp, out)
