@@ -47,3 +47,12 @@ def test_run_py_toy_default_erases_red_and_keeps_the_other_colours(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "t2vu_jax.evaluate", "--run", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=600)
   assert bad.returncode != 0 and "must be a run directory" in bad.stderr
+
+  # A bad evaluation override fails before anything of the run changes.
+  record, markers = (run / "config.json").read_text(), sorted(p.name for p in (run / "stages").iterdir())
+  (tmp_path / "bad.csv").write_text("prompt,seed\na red circle moving left,-3\n")
+  bad = subprocess.run([sys.executable, "-m", "t2vu_jax.evaluate", "--run", str(run), "--prompts",
+                        str(tmp_path / "bad.csv")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "config.prompts.evaluate" in bad.stderr and "is negative" in bad.stderr, bad.stderr
+  assert (run / "config.json").read_text() == record
+  assert sorted(p.name for p in (run / "stages").iterdir()) == markers

@@ -11,6 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+
+
+def _usage_error(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  raise SystemExit(2)
 
 
 def main(argv=None):
@@ -25,7 +31,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   path = os.path.join(args.run, "config.json")
   if not os.path.isfile(path):
-    raise SystemExit(f"error: {path} does not exist: --run must be a run directory written by run.py")
+    _usage_error(f"{path} does not exist: --run must be a run directory written by run.py")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   config.workdir = args.run
@@ -36,9 +42,9 @@ def main(argv=None):
       group, name = field.split(".")
       config[group][name] = value
   try:
-    job = ErasureJob(config)
+    job = ErasureJob(config)  # validates every override (prompt files included) before anything changes
   except ConfigError as e:
-    raise SystemExit(f"error: {e}") from None
+    _usage_error(str(e))
   for stage in ("evaluate", "report"):  # run them again even when the run already did
     if job.primary and job.done(stage):
       os.remove(job.path("stages", stage))
