@@ -107,3 +107,28 @@ def test_a_resumed_run_logs_each_step_once(tmp_path):
   log.close()
   rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows] == [1, 2, 3, 4, 5] and rows[-1]["loss"] == 0.5
+
+
+RED = '{"prompt": "a red circle moving left", "concept": "red"}\n'
+
+
+@pytest.mark.parametrize("field, content, message", [
+    ("erase", "", "empty"),
+    ("erase", '{"prompt": "a red circle"\n', "JSON"),
+    ("erase", '{"prompt": "a blue circle moving left", "concept": "red"}\n', "does not occur"),
+    ("preserve", RED, "does not fit prompts.erase"),
+    ("evaluate", "prompt\n", "header but no prompts"),
+    ("evaluate", "prompt,seed\na cat,-1\n", "is negative"),
+    ("evaluate", f"prompt,seed\na cat,{2**70}\n", "does not fit a 32-bit seed"),
+])
+def test_every_prompt_file_is_checked_before_any_weights_load(tmp_path, field, content, message):
+  from configs import toy
+  path = tmp_path / ("p.csv" if content.startswith("prompt") else "p.jsonl")
+  path.write_text(content)
+  config = toy.get_config()
+  if field == "preserve":  # the preservation pool is the erase pool itself
+    (tmp_path / "e.jsonl").write_text(RED)
+    config.prompts.erase = str(tmp_path / "e.jsonl")
+  config.prompts[field] = str(path)
+  with pytest.raises(run_config.ConfigError, match=rf"(?s)config\.prompts\.{field}: .*{message}"):
+    run_config.validate(config)
