@@ -21,15 +21,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from t2vu_jax.cli import usage_error
+
 TOY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "toy.py")
-USAGE_ERROR = 2
-
-
-def usage_error(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(USAGE_ERROR)
-
-
 def bad_override(e: Exception, argv) -> None:
   """A `--config.x=y` that names no field or does not parse, as one line naming the flags given."""
   given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config")]

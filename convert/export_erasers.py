@@ -14,6 +14,7 @@ import sys
 
 import jax.numpy as jnp
 
+from t2vu_jax.cli import error
 from t2vu_jax.io.atomic import check_writable
 from t2vu_jax.io.eraser_format import CONFIG_NAME, WEIGHTS_NAME
 from t2vu_jax.models.erasers_params import (LORA_WEIGHT_NAME, export, export_adapter, export_lora, export_merged,
@@ -43,8 +44,7 @@ def main(argv=None) -> int:
       model = abstract_transformer(transformer_config(args.transformer), jnp.float32)
     export(load_erasers_into(model, args.erasers), args.kind, args.out, overwrite=args.overwrite)
   except (ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    return error(e)
   print(f"wrote {args.out}")
   return 0
 

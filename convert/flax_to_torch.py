@@ -8,6 +8,7 @@ import argparse
 import sys
 import time
 
+from t2vu_jax.cli import error
 from t2vu_jax.io.atomic import check_writable
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models.wan_params import load_transformer, save_diffusers, save_wan
@@ -33,8 +34,7 @@ def main(argv=None) -> int:
     n, nbytes = save(model, args.out, max_shard_size=args.max_shard_size, dtype=args.dtype,
                      overwrite=args.overwrite)
   except (CheckpointError, FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    return error(e)
   print(f"wrote {n} tensors, {nbytes / 1e6:.1f} MB ({args.format} layout) in {time.time() - start:.1f} s "
         f"-> {args.out}")
   return 0

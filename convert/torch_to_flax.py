@@ -11,6 +11,7 @@ import time
 import jax.numpy as jnp
 from flax import nnx
 
+from t2vu_jax.cli import error
 from t2vu_jax.io.atomic import check_writable
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models import wan_params
@@ -34,8 +35,7 @@ def main(argv=None) -> int:
     model = read_transformer(ckpt, jnp.dtype(args.dtype))
     save_flax_transformer(model, args.out, overwrite=args.overwrite)
   except (CheckpointError, FileExistsError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    return error(e)
   n_bytes = sum(v[...].nbytes for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
   print(f"converted {wan_params.num_tensors(ckpt.config)} tensors, {n_bytes / 1e6:.1f} MB as {args.dtype}, "
         f"in {time.time() - start:.1f} s -> {args.out}")

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from t2vu_jax.cli import error
 from t2vu_jax.io.errors import CheckpointError
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -99,8 +100,7 @@ def main(argv=None) -> int:
     if args.save_array:
       np.save(args.save_array, frames)
   except (CheckpointError, ValueError, OSError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+    return error(e)
   print(f"wrote {frames.shape[0]} frames of {frames.shape[2]}x{frames.shape[1]} to {args.out} "
         f"in {time.time() - start:.1f} s")
   return 0

@@ -134,9 +134,9 @@ def test_converters_refuse_to_write_over_their_source(save_diffusers_transformer
   _, src = save_diffusers_transformer(TINY)
   before = {p.name: p.read_bytes() for p in src.iterdir()}
   out = {"same": src, "inside": src / "flax", "around": src.parent}[where]
-  assert torch_to_flax.main(["--src", str(src), "--out", str(out), "--overwrite"]) == 1
+  assert torch_to_flax.main(["--src", str(src), "--out", str(out), "--overwrite"]) == 2
   assert "lies inside the source" in capsys.readouterr().err
-  assert flax_to_torch.main(["--src", str(src), "--out", str(out), "--overwrite"]) == 1
+  assert flax_to_torch.main(["--src", str(src), "--out", str(out), "--overwrite"]) == 2
   assert "lies inside the source" in capsys.readouterr().err
   assert {p.name: p.read_bytes() for p in src.iterdir()} == before  # nothing lost or changed
 
@@ -197,7 +197,7 @@ def test_an_overflowing_csv_seed_names_the_row(tmp_path):
 def test_generate_refuses_fps_0_before_loading(tmp_path, capsys):
   from t2vu_jax import generate
   assert generate.main(["--model", str(tmp_path), "--prompt", "a cat", "--out", str(tmp_path / "c.mp4"),
-                        "--fps", "0"]) == 1
+                        "--fps", "0"]) == 2
   assert "--fps must be >= 1, got 0" in capsys.readouterr().err
 
 

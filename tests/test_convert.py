@@ -131,7 +131,7 @@ def test_command_line_round_trip(save_diffusers_transformer, tmp_path, capsys):
   assert "wrote" in capsys.readouterr().out
   assert_bit_identical(read_all(src), read_all(out))
   # Outputs are never overwritten by accident.
-  assert torch_to_flax.main(["--src", str(src), "--out", str(flax_dir)]) == 1
+  assert torch_to_flax.main(["--src", str(src), "--out", str(flax_dir)]) == 2
   assert "already exists" in capsys.readouterr().err
 
 

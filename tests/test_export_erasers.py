@@ -191,7 +191,7 @@ def test_cli_exports_an_erased_model_on_disk(save_diffusers_transformer, tmp_pat
   torch_erasers.load_erasers(tmp_path / "adapter").attach(torch_model)
   assert max_err(torch_velocity(torch_model, x, t, text), ours) <= TOL
   assert os.path.isfile(tmp_path / "lora" / LORA_WEIGHT_NAME)
-  assert main(common + ["--out", str(tmp_path / "lora"), "--as", "lora"]) == 1  # existing output
+  assert main(common + ["--out", str(tmp_path / "lora"), "--as", "lora"]) == 2  # existing output
   # a diffusers transformer directory works as --transformer too, and the module runs as a program
   r = subprocess.run([sys.executable, "-m", "convert.export_erasers", "--transformer", str(path), "--erasers",
                       str(tmp_path / "erasers"), "--out", str(tmp_path / "e.safetensors"), "--as", "lora"],
@@ -259,7 +259,7 @@ def test_missing_files(tiny_erased, tmp_path):
   with pytest.raises(FileNotFoundError, match=f"no {CONFIG_NAME}"):
     torch_erasers.load_erasers(tmp_path / "e")
   assert main(["--transformer", str(path), "--erasers", str(tmp_path / "e"), "--out", str(tmp_path / "o"),
-               "--as", "adapter"]) == 1
+               "--as", "adapter"]) == 2
   assert not os.path.exists(tmp_path / "o")
 
 
@@ -318,7 +318,7 @@ def test_mismatched_transformer(tiny_erased, save_diffusers_transformer, tmp_pat
     load_erasers_into(wide, tmp_path / "e")
   assert wide.erasers is None
   assert main(["--transformer", str(wide_path), "--erasers", str(tmp_path / "e"), "--out", str(tmp_path / "o"),
-               "--as", "lora"]) == 1
+               "--as", "lora"]) == 2
 
 
 @pytest.mark.parametrize("case", ["alpha", "num_layers", "encoding"])

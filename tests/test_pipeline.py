@@ -112,8 +112,8 @@ def test_generate_cli_writes_a_playable_video(wan_pipeline_dir, tmp_path):
   assert generate.main(args + ["--out", str(tmp_path / "dog.gif")]) == 0
   assert iio.imread(tmp_path / "dog.gif").shape[0] == FRAMES
 
-  assert generate.main(args + ["--out", str(tmp_path / "dog.avi")]) == 1
-  assert generate.main(args[:4] + ["--frames", "6", "--out", str(tmp_path / "x.mp4")]) == 1
+  assert generate.main(args + ["--out", str(tmp_path / "dog.avi")]) == 2
+  assert generate.main(args[:4] + ["--frames", "6", "--out", str(tmp_path / "x.mp4")]) == 2
   assert not (tmp_path / "x.mp4").exists()
 
 

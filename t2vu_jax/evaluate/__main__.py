@@ -11,12 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
-
-def _usage_error(message: str):
-  print(f"error: {message}", file=sys.stderr)
-  raise SystemExit(2)
+from t2vu_jax.cli import usage_error
 
 
 def main(argv=None):
@@ -31,7 +27,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   path = os.path.join(args.run, "config.json")
   if not os.path.isfile(path):
-    _usage_error(f"{path} does not exist: --run must be a run directory written by run.py")
+    usage_error(f"{path} does not exist: --run must be a run directory written by run.py")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   config.workdir = args.run
@@ -44,7 +40,7 @@ def main(argv=None):
   try:
     job = ErasureJob(config)  # validates every override (prompt files included) before anything changes
   except ConfigError as e:
-    _usage_error(str(e))
+    usage_error(str(e))
   for stage in ("evaluate", "report"):  # run them again even when the run already did
     if job.primary and job.done(stage):
       os.remove(job.path("stages", stage))

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from t2vu_jax.cli import usage_error
 from t2vu_jax.erase.job import ErasureJob
 from t2vu_jax.erase.objective import token_grid
 from t2vu_jax.erase.prompts import token_spans
@@ -468,11 +469,11 @@ def main(_):
   from absl import flags
   command = " ".join(["python -m t2vu_jax.toy.experiments", *map(shlex.quote, sys.argv[1:])])
   if flags.FLAGS.config is None:
-    raise SystemExit("error: give --config=configs/toy_experiments.py (or :quick)")
+    usage_error("give --config=configs/toy_experiments.py (or :quick)")
   try:
     text, _ = run(flags.FLAGS.config, command)
   except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
+    usage_error(e)
   print(text, end="")
 
 

@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 from t2vu_jax import text
+from t2vu_jax.cli import usage_error
 from t2vu_jax.io.atomic import atomic_directory, check_writable
 from t2vu_jax.models.umt5 import UMT5Config, UMT5Encoder
 from t2vu_jax.models.umt5_params import read_umt5, save_umt5
@@ -201,7 +202,7 @@ def main(argv=None):
   try:
     check_writable(args.out, args.overwrite)  # before an hour of training, not after
   except FileExistsError as e:
-    raise SystemExit(f"error: --out: {e}") from None
+    usage_error(f"--out: {e}")
   start = time.time()
   model, tokenizer, _ = pretrain(args.seed, cfg, model=load_model(args.init) if args.init else None)
   print(f"pretraining: {time.time() - start:.0f} s")
