@@ -233,3 +233,18 @@ def test_bad_inputs_are_clear_errors(lms, tmp_path, capsys):
   assert A.main(["--model", model, "--pool", str(pool), "--out", str(existing), "--per-prompt", "1",
                  "--max-new-tokens", "4", "--overwrite"]) == 0
   assert entries(existing)[:3] == entries(pool)
+
+
+def test_the_augment_tool_refuses_pickled_lm_weights_unless_asked(lms, tmp_path):
+  import shutil
+  import torch
+  import transformers
+  pickled = tmp_path / "pickled"
+  shutil.copytree(lms / "random", pickled)
+  model = transformers.GPT2LMHeadModel.from_pretrained(pickled)
+  (pickled / "model.safetensors").unlink()
+  torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # pickled weights only
+  with pytest.raises(A.AugmentError, match="cannot load a causal LM"):
+    A.load_model(str(pickled))
+  tokenizer, loaded = A.load_model(str(pickled), allow_pickle=True)
+  assert loaded.config.n_embd == model.config.n_embd
