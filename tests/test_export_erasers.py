@@ -341,3 +341,14 @@ def test_eraser_configs_are_checked_before_anything_is_allocated(tiny_erased, tm
   for load in (torch_erasers.load_erasers, lambda p: load_erasers_into(model, p)):
     with pytest.raises(ValueError, match=message):
       load(tmp_path / "e")
+
+
+def test_the_export_cli_refuses_to_write_over_its_inputs(tiny_erased, tmp_path, capsys):
+  _, path, model = tiny_erased
+  save_erasers(model, tmp_path / "e")
+  before = sorted((p.name, p.read_bytes()) for p in (tmp_path / "e").iterdir())
+  for out in (tmp_path / "e", tmp_path / "e" / "lora", path):
+    assert main(["--transformer", str(path), "--erasers", str(tmp_path / "e"), "--out", str(out), "--as", "adapter",
+                 "--overwrite"]) == 2
+    assert "lies inside the source" in capsys.readouterr().err
+  assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "e").iterdir()) == before
