@@ -48,13 +48,14 @@ def parse_flags(argv):
 
 
 def run_erasure(config):
+  from t2vu_jax.checkpoint import RunCheckpointError
   from t2vu_jax.erase.job import ConfigError, ErasureJob
   from t2vu_jax.sharding import initialize_distributed
   initialize_distributed()
   try:
     job = ErasureJob(config)
     summary = job.run()
-  except ConfigError as e:
+  except (ConfigError, RunCheckpointError) as e:
     usage_error(str(e))
   if job.primary:
     print(json.dumps({"run_dir": job.run_dir, "stages": summary}, indent=2))

@@ -17,7 +17,11 @@ import warnings
 import orbax.checkpoint as ocp
 
 
-class CheckpointMismatch(ValueError):
+class RunCheckpointError(ValueError):
+  """Checkpoints a run cannot go on from; the message names the directory and what to do."""
+
+
+class CheckpointMismatch(RunCheckpointError):
   """A checkpoint written for another model or eraser configuration."""
 
 
@@ -66,6 +70,9 @@ class TrainCheckpoints:
       except Exception as e:  # a save cut short: fall back to the previous one
         warnings.warn(f"checkpoint {self.directory}/{step} cannot be read ({type(e).__name__}: {e}); "
                       "falling back to the previous one")
+    if self.manager.all_steps():  # never start over silently from checkpoints that exist
+      raise RunCheckpointError(f"no checkpoint in {self.directory} can be read (steps "
+                               f"{sorted(self.manager.all_steps())}); move the directory away to start over")
     return 0, None
 
 

@@ -132,3 +132,20 @@ def test_every_prompt_file_is_checked_before_any_weights_load(tmp_path, field, c
   config.prompts[field] = str(path)
   with pytest.raises(run_config.ConfigError, match=rf"(?s)config\.prompts\.{field}: .*{message}"):
     run_config.validate(config)
+
+
+def test_checkpoints_none_of_which_can_be_read_stop_the_run(tmp_path):
+  """A run never starts over silently: when every saved step is unreadable, restoring is an error."""
+  import jax.numpy as jnp
+  from t2vu_jax.checkpoint import RunCheckpointError, TrainCheckpoints
+  state = {"a": jnp.ones(3)}
+  saved = TrainCheckpoints(str(tmp_path / "checkpoints"), {"rank": 4})
+  saved.save(1, state)
+  saved.wait()
+  for f in (tmp_path / "checkpoints" / "1").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "manifest" not in f.name and "METADATA" not in f.name:
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  with pytest.warns(UserWarning, match="cannot be read"), \
+       pytest.raises(RunCheckpointError, match=r"no checkpoint in .*checkpoints can be read \(steps \[1\]\)"):
+    TrainCheckpoints(str(tmp_path / "checkpoints"), {"rank": 4}).restore_latest(state)
+  assert TrainCheckpoints(str(tmp_path / "fresh"), {"rank": 4}).restore_latest(state) == (0, None)

@@ -17,6 +17,7 @@ from t2vu_jax.cli import usage_error
 
 def main(argv=None):
   import ml_collections
+  from t2vu_jax.checkpoint import RunCheckpointError
   from t2vu_jax.erase.job import ConfigError, ErasureJob
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--run", required=True, help="run directory (holds config.json and checkpoints/)")
@@ -44,7 +45,10 @@ def main(argv=None):
   for stage in ("evaluate", "report"):  # run them again even when the run already did
     if job.primary and job.done(stage):
       os.remove(job.path("stages", stage))
-  job.run()
+  try:
+    job.run()
+  except (ConfigError, RunCheckpointError, FileNotFoundError) as e:
+    usage_error(str(e))
   if job.primary:
     print(f"wrote {job.path('report.md')}")
 
