@@ -16,46 +16,27 @@ classifier: every stage of the real path, in minutes on a laptop CPU.
 """
 import json
 import os
-import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from t2vu_jax.cli import usage_error
+from t2vu_jax.cli import define_config_flag, loaded_config, parse_flags, usage_error
 
 TOY_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "toy.py")
-def bad_override(e: Exception, argv) -> None:
-  """A `--config.x=y` that names no field or does not parse, as one line naming the flags given."""
-  given = [a.split("=")[0] for a in argv[1:] if a.startswith("--config")]
-  usage_error(f"{', '.join(given) or '--config'}: {type(e).__name__}: {e} (fields: configs/base.py)")
 
-
-try:  # the config file's overrides are applied as the flag is defined, from sys.argv
-  config_flags.DEFINE_config_file("config", TOY_CONFIG, "config file (default: the embedded toy config)")
-except (AttributeError, KeyError, TypeError, ValueError) as e:
-  bad_override(e, sys.argv)
+define_config_flag(TOY_CONFIG, "config file (default: the embedded toy config)")
 FLAGS = flags.FLAGS
-
-
-def parse_flags(argv):
-  """absl's flag parsing, with a bad `--config.x=y` (unknown field, wrong type) as one line."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    usage_error(str(e))
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    bad_override(e, argv)
 
 
 def run_erasure(config):
   from t2vu_jax.checkpoint import RunCheckpointError
+  from t2vu_jax.io.errors import CheckpointError
   from t2vu_jax.erase.job import ConfigError, ErasureJob
   from t2vu_jax.sharding import initialize_distributed
   initialize_distributed()
   try:
     job = ErasureJob(config)
     summary = job.run()
-  except (ConfigError, RunCheckpointError) as e:
+  except (ConfigError, RunCheckpointError, CheckpointError, FileNotFoundError) as e:
     usage_error(str(e))
   if job.primary:
     print(json.dumps({"run_dir": job.run_dir, "stages": summary}, indent=2))
@@ -64,12 +45,7 @@ def run_erasure(config):
 def main(_):
   if not FLAGS["verbosity"].present:  # keep Orbax's per-save INFO lines out of the progress bars
     logging.set_verbosity(logging.WARNING)
-  try:
-    config = FLAGS.config
-    config.keys()  # a config file that failed to load raises on first use
-  except OSError as e:
-    usage_error(f"--config: cannot load the config file ({str(e).strip().splitlines()[-1].strip()})")
-  run_erasure(config)
+  run_erasure(loaded_config())
 
 
 if __name__ == "__main__":

@@ -17,12 +17,8 @@ import jax.numpy as jnp
 from t2vu_jax.cli import error
 from t2vu_jax.io.atomic import check_writable
 from t2vu_jax.io.eraser_format import CONFIG_NAME, WEIGHTS_NAME
-from t2vu_jax.models.erasers_params import (LORA_WEIGHT_NAME, export, export_adapter, export_lora, export_merged,
-                                            load_erasers_into, lora_specs, save_erasers)
+from t2vu_jax.models.erasers_params import export, load_erasers_into
 from t2vu_jax.models.wan_params import abstract_transformer, transformer_config
-
-__all__ = ["CONFIG_NAME", "LORA_WEIGHT_NAME", "WEIGHTS_NAME", "export_adapter", "export_lora", "export_merged",
-           "load_erasers_into", "lora_specs", "save_erasers", "main"]
 
 
 def main(argv=None) -> int:

@@ -58,10 +58,16 @@ class TrainCheckpoints:
     """The newest saved step, readable or not."""
     return self.manager.latest_step()
 
+  def _unsigned(self, step: int) -> bool:
+    """A checkpoint written before checkpoints were signed: the state alone, not in a `state/` item."""
+    return not os.path.isdir(os.path.join(self.directory, str(step), "state"))
+
   def restore_latest(self, target):
     """(step, restored) from the newest readable checkpoint, or (0, None) when there is none."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
+        if self._unsigned(step):  # no signature to compare: the restore itself checks the shapes
+          return step, self.manager.restore(step, args=ocp.args.StandardRestore(target))
         self._check_signature(step)
         return step, self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target))).state

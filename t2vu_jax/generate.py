@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from t2vu_jax.cli import error
+from t2vu_jax.io.atomic import atomic_file
 from t2vu_jax.io.errors import CheckpointError
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -28,10 +28,7 @@ def write_video(path: str, frames: np.ndarray, fps: int) -> None:
   suffix = os.path.splitext(path)[1].lower()
   if suffix not in VIDEO_SUFFIXES:
     raise ValueError(f"unsupported video format {suffix!r} for {path}; use one of {VIDEO_SUFFIXES}")
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=suffix, dir=directory)
-  os.close(fd)
-  try:
+  with atomic_file(path, overwrite=True, suffix=suffix) as tmp:
     if suffix == ".mp4":
       # yuv420p needs even sides; macro_block_size=1 keeps the exact size (Wan sizes are multiples of 16).
       with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
@@ -40,10 +37,6 @@ def write_video(path: str, frames: np.ndarray, fps: int) -> None:
           writer.append_data(frame)
     else:
       imageio.mimsave(tmp, list(frames), format="GIF", duration=1000 / fps, loop=0)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def _check_args(args) -> None:

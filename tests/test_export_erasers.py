@@ -14,8 +14,10 @@ from flax import nnx
 import t2vu_jax
 from builders import PIPELINE_TRANSFORMER, TINY, WIDE, build_wan_pipeline
 from convert import torch_erasers
-from convert.export_erasers import (CONFIG_NAME, LORA_WEIGHT_NAME, WEIGHTS_NAME, export_adapter, export_lora,
-                                    export_merged, load_erasers_into, main, save_erasers)
+from convert.export_erasers import main
+from t2vu_jax.io.eraser_format import CONFIG_NAME, WEIGHTS_NAME
+from t2vu_jax.models.erasers_params import (LORA_WEIGHT_NAME, export_adapter, export_lora, export_merged,
+                                            load_erasers_into, save_erasers)
 from t2vu_jax.io.safetensors_io import SafetensorsFile, TensorSpec, write_safetensors
 from t2vu_jax.models.erasers import EraserConfig, EraserParam, attach_erasers
 

@@ -34,7 +34,7 @@ def test_a_none_default_is_a_typed_field_the_command_line_sets():
   config.eraser.alpha, config.eraser.rank = 8.0, 4
   assert run_config.settings(config, "eraser").lora_scale == 2.0
   config.eraser.alpha = -1.0
-  with pytest.raises(run_config.ConfigError, match=r"config\.eraser: LoRA alpha must be positive"):
+  with pytest.raises(run_config.ConfigError, match=r"config\.eraser: LoRA alpha must be a finite positive"):
     run_config.settings(config, "eraser")
 
 
@@ -149,3 +149,22 @@ def test_checkpoints_none_of_which_can_be_read_stop_the_run(tmp_path):
        pytest.raises(RunCheckpointError, match=r"no checkpoint in .*checkpoints can be read \(steps \[1\]\)"):
     TrainCheckpoints(str(tmp_path / "checkpoints"), {"rank": 4}).restore_latest(state)
   assert TrainCheckpoints(str(tmp_path / "fresh"), {"rank": 4}).restore_latest(state) == (0, None)
+
+
+def test_checkpoints_written_before_they_were_signed_still_restore(tmp_path):
+  import jax.numpy as jnp
+  import numpy as np
+  import orbax.checkpoint as ocp
+  from t2vu_jax.checkpoint import TrainCheckpoints
+  state = {"a": jnp.arange(3.0)}
+  old = ocp.CheckpointManager(str(tmp_path / "checkpoints"), options=ocp.CheckpointManagerOptions(create=True))
+  old.save(3, args=ocp.args.StandardSave(state))  # the unsigned layout: the state alone
+  old.wait_until_finished()
+  step, restored = TrainCheckpoints(str(tmp_path / "checkpoints"), {"rank": 4}).restore_latest(state)
+  assert step == 3 and np.array_equal(restored["a"], state["a"])
+
+
+def test_records_of_alpha_zero_read_as_alpha_equal_to_rank(tmp_path):
+  import json
+  (tmp_path / "config.json").write_text(json.dumps({"eraser": {"kind": "lora", "alpha": 0.0, "rank": 4}}))
+  assert run_config.read_record(str(tmp_path / "config.json"))["eraser"]["alpha"] is None

@@ -26,10 +26,10 @@ from flax import nnx
 
 from t2vu_jax.erase import loop
 from t2vu_jax.erase.prompts import ErasureSet, anchor_prompt, split_paths, token_spans
-from t2vu_jax.erase.run_config import STAGES, ConfigError, fail, training_differences, validate
+from t2vu_jax.erase.run_config import STAGES, ConfigError, fail, read_record, training_differences, validate
 from t2vu_jax.evaluate.report import write_report
 from t2vu_jax.evaluate.videos import evaluate_models, evaluation_prompts
-from t2vu_jax.io.atomic import remove_stale
+from t2vu_jax.io.atomic import remove_stale, write_text
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models import erasers_params
 from t2vu_jax.models.erasers import EraserParam
@@ -83,8 +83,7 @@ class ErasureJob:
 
   def mark(self, stage: str, info: dict) -> None:
     if self.primary:
-      with open(self.path("stages", stage), "w") as f:
-        json.dump(info, f, indent=2)
+      write_text(self.path("stages", stage), json.dumps(info, indent=2))
 
   def log(self, message: str) -> None:
     if self.primary:
@@ -96,21 +95,20 @@ class ErasureJob:
     change: each evaluation records its own in `evaluation.json`."""
     recorded = self.path("config.json")
     if os.path.exists(recorded):
-      with open(recorded) as f:
-        record = json.load(f)
-      # Until the erase stage finished, more (or fewer) steps resume from the latest checkpoint.
-      extendable = () if self.done("erase") else ("optim.total_steps",)
+      record = read_record(recorded)
+      # Until the erase stage finished, a constant learning rate lets more steps resume from the latest
+      # checkpoint as if the run had been that long.
+      extendable = ("optim.total_steps",) if not self.done("erase") and self.config.optim.schedule == "constant" \
+          else ()
       if differences := training_differences(record, self.config, ignore=extendable):
         raise ConfigError(f"{self.run_dir} was run with other training settings ({'; '.join(differences)}); "
                           "rerun with the recorded ones, or start a new run with --config.workdir=NEW_DIR")
       if training_differences(record, self.config) and self.primary:  # the new step count joins the record
         record["optim"]["total_steps"] = self.config.optim.total_steps
-        with open(recorded, "w") as f:
-          json.dump(record, f, indent=2)
+        write_text(recorded, json.dumps(record, indent=2))
       return
     if self.primary:
-      with open(recorded, "w") as f:
-        f.write(self.config.to_json_best_effort(indent=2))
+      write_text(recorded, self.config.to_json_best_effort(indent=2))
 
   def check_inputs(self) -> None:
     """Every stage to run finds what it reads: written by an earlier run, or by a stage of this one."""

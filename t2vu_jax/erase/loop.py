@@ -137,6 +137,9 @@ def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: Erasur
                             latent_shape)
   saved = checkpoints(os.path.join(run_dir, "checkpoints"), transformer, config)
   start, restored = saved.restore_latest(trainable(state))
+  if start > optim.total_steps:
+    fail("optim.total_steps", f"{optim.total_steps} is below step {start} of the latest checkpoint in "
+         f"{os.path.join(run_dir, 'checkpoints')}; start a new run with --config.workdir=NEW_DIR")
   if restored is not None:
     state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
     log(f"resuming erasure from step {start}")

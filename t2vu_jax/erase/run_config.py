@@ -74,6 +74,16 @@ def _flat(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def read_record(path: str) -> dict:
+  """A run's `config.json`. Records written before `eraser.alpha` could be null hold 0.0 for "alpha =
+  rank"; they are read as null."""
+  with open(path) as f:
+    record = json.load(f)
+  if record.get("eraser", {}).get("alpha") == 0:
+    record["eraser"]["alpha"] = None
+  return record
+
+
 def training_differences(recorded: dict, config, ignore=()) -> list[str]:
   """`field: recorded -> now` for every training field (`TRAINING_FIELDS`) in which `config` differs from
   the recorded config (a `config.json` dict), except those in `ignore`. A field the record lacks is not

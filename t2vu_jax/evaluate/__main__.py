@@ -9,7 +9,6 @@ scorer, or `--scorer`) and rewrites `evaluation.json`, `report.md`, `report.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from t2vu_jax.cli import usage_error
@@ -18,7 +17,9 @@ from t2vu_jax.cli import usage_error
 def main(argv=None):
   import ml_collections
   from t2vu_jax.checkpoint import RunCheckpointError
+  from t2vu_jax.io.errors import CheckpointError
   from t2vu_jax.erase.job import ConfigError, ErasureJob
+  from t2vu_jax.erase.run_config import read_record
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--run", required=True, help="run directory (holds config.json and checkpoints/)")
   p.add_argument("--prompts", help="evaluation prompts: JSONL pool(s) or an authors' CSV (default: the config's)")
@@ -29,8 +30,7 @@ def main(argv=None):
   path = os.path.join(args.run, "config.json")
   if not os.path.isfile(path):
     usage_error(f"{path} does not exist: --run must be a run directory written by run.py")
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(read_record(path))
   config.workdir = args.run
   config.stages = "evaluate,report"
   for field, value in (("prompts.evaluate", args.prompts), ("eval.num_prompts", args.num_prompts),
@@ -47,7 +47,7 @@ def main(argv=None):
       os.remove(job.path("stages", stage))
   try:
     job.run()
-  except (ConfigError, RunCheckpointError, FileNotFoundError) as e:
+  except (ConfigError, RunCheckpointError, CheckpointError, FileNotFoundError) as e:
     usage_error(str(e))
   if job.primary:
     print(f"wrote {job.path('report.md')}")

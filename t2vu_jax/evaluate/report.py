@@ -6,6 +6,7 @@ import json
 import os
 
 from t2vu_jax.evaluate import scorers
+from t2vu_jax.io.atomic import write_text
 
 
 def _read_json(path: str):
@@ -27,8 +28,7 @@ def write_report(run_dir: str, name: str, stages: dict) -> str:
   report = {"name": name, "stages": stages, "final_metrics": metrics[-1] if metrics else None,
             "evaluation": evaluation and evaluation.get("aggregate"), "evaluated_erasers": erasers,
             "exported_erasers": stages.get("export", {}).get("erasers")}
-  with open(os.path.join(run_dir, "report.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  write_text(os.path.join(run_dir, "report.json"), json.dumps(report, indent=2))
 
   lines = [f"# Erasure run `{name}`", "", "| stage | seconds |", "|---|---|"]
   lines += [f"| {s} | {info.get('seconds', '')} |" for s, info in stages.items()]
@@ -51,6 +51,5 @@ def write_report(run_dir: str, name: str, stages: dict) -> str:
     lines += ["", "First evaluation prompts, base and erased model on the same seed:", "",
               "![contact sheet](contact_sheet.png)"]
   path = os.path.join(run_dir, "report.md")
-  with open(path, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  write_text(path, "\n".join(lines) + "\n")
   return path

@@ -14,6 +14,7 @@ from t2vu_jax.evaluate import scorers
 from t2vu_jax.evaluate.prompts_csv import read_prompt_csv
 from t2vu_jax.evaluate.sheet import contact_sheet, thumbnails
 from t2vu_jax.generate import write_video
+from t2vu_jax.io.atomic import write_text
 
 SHEET_PROMPTS = 4  # evaluation prompts in the report's contact sheet (one row per model each)
 
@@ -72,6 +73,5 @@ def evaluate_models(models: dict, config, out_dir: str, mesh, primary: bool = Tr
     videos, labels = zip(*sheet)
     contact_sheet(videos, labels, os.path.join(out_dir, "contact_sheet.png"),
                   scale=max(1, 96 // videos[0].shape[1]))
-    with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    write_text(os.path.join(out_dir, "evaluation.json"), json.dumps(result, indent=2))
   return result

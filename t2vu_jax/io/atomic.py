@@ -47,6 +47,13 @@ def remove_stale(out: str) -> list[str]:
   return stale
 
 
+def write_text(path: str, text: str) -> None:
+  """Replace the file `path` with `text` atomically: a reader sees the old file or the new, never half."""
+  with atomic_file(path, overwrite=True) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str, overwrite: bool = False):
   """Yield a temporary directory that becomes `out` only if the block finishes without error."""
@@ -70,13 +77,14 @@ def atomic_directory(out: str, overwrite: bool = False):
 
 
 @contextlib.contextmanager
-def atomic_file(out: str, overwrite: bool = False):
-  """Yield a temporary file path that becomes the file `out` only if the block finishes without error."""
+def atomic_file(out: str, overwrite: bool = False, suffix: str = ""):
+  """Yield a temporary file path (ending in `suffix`, for writers that pick the format by extension)
+  that becomes the file `out` only if the block finishes without error."""
   out = check_writable(out, overwrite)
   if os.path.isdir(out):
     raise IsADirectoryError(f"{out} is a directory; cannot replace it with a file")
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(out)}.tmp-", suffix=suffix, dir=os.path.dirname(out))
   os.close(fd)
   _as_created(tmp, directory=False)
   try:

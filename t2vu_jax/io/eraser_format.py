@@ -1,6 +1,6 @@
 """The eraser directory format, shared by the JAX side (`t2vu_jax.models.erasers_params`) and the
-PyTorch side (`convert.torch_erasers`); standard library and numpy only (the safetensors reader is
-`t2vu_jax.io.safetensors_io`, numpy too), so neither side pulls in the other's framework.
+PyTorch side (`convert.torch_erasers`); standard library and numpy only (the safetensors reader it uses,
+`t2vu_jax.io.safetensors_io`, needs numpy and ml_dtypes), so neither side pulls in the other's framework.
 
 Version 1: `eraser_config.json` = {"format": "t2vu_erasers", "format_version": 1, "kind": "adapter" |
 "lora", "placement": "cross_attn" | "self_attn", "rank": r, "alpha": float or null (LoRA scale is

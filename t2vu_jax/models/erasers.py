@@ -45,8 +45,8 @@ class EraserConfig:
       raise ValueError("LoRA erasers sit on the cross-attention (placement 'cross_attn')")
     if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
       raise ValueError(f"eraser rank must be a positive integer, got {self.rank!r}")
-    if self.alpha is not None and not self.alpha > 0:
-      raise ValueError(f"LoRA alpha must be positive, got {self.alpha!r}")
+    if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+      raise ValueError(f"LoRA alpha must be a finite positive number, got {self.alpha!r}")
 
   @property
   def lora_scale(self) -> float:

@@ -9,7 +9,7 @@ latent frame at a time when decoding, 1 then 4 frames at a time when encoding â€
 conv carrying its last input frames to the next chunk, so memory does not grow with video length.
 The first chunk is special: temporal upsampling skips it (1 latent frame -> 1 frame, each later one
 -> 4), and temporal downsampling passes it through. Attribute names follow diffusers, so the weight
-conversion (`convert/wan_vae.py`) follows from the module tree.
+conversion (`t2vu_jax/models/vae_params.py`) follows from the module tree.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Wan2.1 text-to-video diffusion transformer in Flax NNX.
 
 Computes exactly what diffusers' `WanTransformer3DModel` computes (see DESIGN §3). Attribute names
-follow diffusers so that weight conversion is a declarative table (`convert/wan_keys.py`).
+follow diffusers so that weight conversion is a declarative table (`t2vu_jax/models/wan_params.py`).
 Blocks are stacked along a leading layer axis and run with `nnx.scan`; `scan_layers=False` runs the
 same stacked parameters layer by layer for debugging. Under a mesh in context (`jax.set_mesh`) the
 video tokens are pinned to their sharding (`t2vu_jax.sharding.constrain`) after the patch embedding

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t2vu_jax.cli import usage_error
+from t2vu_jax.cli import define_config_flag, loaded_config, parse_flags, usage_error
 from t2vu_jax.erase.job import ErasureJob
 from t2vu_jax.erase.objective import token_grid
 from t2vu_jax.erase.prompts import token_spans
@@ -466,12 +466,9 @@ def parse_concepts(spec: str) -> tuple[tuple[str, str], ...]:
 
 
 def main(_):
-  from absl import flags
   command = " ".join(["python -m t2vu_jax.toy.experiments", *map(shlex.quote, sys.argv[1:])])
-  if flags.FLAGS.config is None:
-    usage_error("give --config=configs/toy_experiments.py (or :quick)")
   try:
-    text, _ = run(flags.FLAGS.config, command)
+    text, _ = run(loaded_config(), command)
   except ValueError as e:
     usage_error(e)
   print(text, end="")
@@ -479,7 +476,5 @@ def main(_):
 
 if __name__ == "__main__":
   from absl import app
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "experiments config, e.g. configs/toy_experiments.py",
-                                  lock_config=True)
-  app.run(main)
+  define_config_flag(None, "experiments config: configs/toy_experiments.py (or :quick)")
+  app.run(main, flags_parser=parse_flags)
