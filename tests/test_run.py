@@ -88,6 +88,9 @@ def test_prompt_anchor_run_encodes_anchors_and_refuses_stale_embeddings(wan_pipe
   # Embeddings encoded for the empty anchor cannot silently serve a prompt-anchor erasure.
   plain = tmp_path / "plain"
   ErasureJob(tiny_config(path, plain, stages="load,encode"), progress=False).run()
+  with pytest.raises(ConfigError, match=r"objective\.anchor: 'empty' -> 'prompt'"):  # the run's record refuses
+    ErasureJob(tiny_config(path, plain, stages="erase", **{"objective.anchor": "prompt"}), progress=False).run()
+  os.remove(plain / "config.json")  # without the record, the stored embeddings still refuse
   with pytest.raises(ConfigError, match=r"config\.objective\.anchor: 'prompt' needs anchor embeddings"):
     ErasureJob(tiny_config(path, plain, stages="erase", **{"objective.anchor": "prompt"}), progress=False).run()
 
