@@ -86,6 +86,11 @@ def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
     assert (jobs / f"colour_red_{variant.name.replace(' ', '_')}" / "stages" / "erase").exists()
   rows = len(E.SHEET_ROWS) * len(E.SETS) * len(E.parse_concepts(QUICK.concepts))
   assert Image.open(out.with_suffix(".png")).size == sheet_size([(5, 16, 16, 3)] * rows, QUICK.sheet_scale)
+  # Rerun in the kept workdir: the finished erasures are read back, not redone.
+  again = subprocess.run(run.args, env=env, cwd=ROOT, capture_output=True, text=True)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "[erase] already done, skipping" in again.stderr
+  assert all(again.stdout.count(f"\n| {row} |") == len(E.parse_concepts(QUICK.concepts)) for row in E.ROWS)
 
 
 @pytest.mark.parametrize("kind, value", [(k, v) for k in world.KINDS for v in world.VALUES[k]])

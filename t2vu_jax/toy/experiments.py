@@ -267,10 +267,11 @@ def erase(model_dir: str, sets: ConceptSets, variant: Variant, config, workdir: 
                               *_sampler(pipe, config.erasure.trajectory.steps))
   job = ErasureJob(run_config, progress=False)
   with contextlib.redirect_stdout(log or sys.stderr):
-    summary = job.run()
+    job.run()
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     last = [json.loads(line) for line in f if line.strip()][-1]
-  return job.erased_model(), {"seconds": summary["erase"]["seconds"], "metrics": last}
+  # From the stage marker: a rerun in a kept workdir skips the finished erasure and reads it back.
+  return job.erased_model(), {"seconds": job.marker("erase")["seconds"], "metrics": last}
 
 
 # -- evaluation --------------------------------------------------------------------------------------
