@@ -58,6 +58,7 @@ class ErasureJob:
     self.pipe = None
     self.erased = None  # the trained model, once the erase stage ran or a checkpoint was restored
     self.erased_from = None  # {"step", "latest_step"} of its erasers
+    self._erasers_record = None  # erased_from with the erasers' sha256, computed once per erased model
 
   def _make_mesh(self):
     try:
@@ -103,8 +104,9 @@ class ErasureJob:
       if differences := training_differences(record, self.config, ignore=extendable):
         raise ConfigError(f"{self.run_dir} was run with other training settings ({'; '.join(differences)}); "
                           "rerun with the recorded ones, or start a new run with --config.workdir=NEW_DIR")
-      if training_differences(record, self.config) and self.primary:  # the new step count joins the record
-        record["optim"]["total_steps"] = self.config.optim.total_steps
+      steps = self.config.optim.total_steps
+      if record.get("optim", {}).get("total_steps", steps) != steps and self.primary:  # it joins the record
+        record["optim"]["total_steps"] = steps
         write_text(recorded, json.dumps(record, indent=2))
       return
     if self.primary:
@@ -166,8 +168,10 @@ class ErasureJob:
 
   def erasers_record(self) -> dict:
     """What the erased model's erasers are: the step they come from and their sha256."""
-    model = self.host_model(with_base=False)  # every process calls this, as every process runs each stage
-    return {**self.erased_from, "sha256": erasers_params.eraser_digest(model)}
+    if self._erasers_record is None:
+      model = self.host_model(with_base=False)  # every process calls this, as every process runs each stage
+      self._erasers_record = {**self.erased_from, "sha256": erasers_params.eraser_digest(model)}
+    return self._erasers_record
 
   def host_model(self, with_base: bool):
     """The erased model with its erasers (and, `with_base`, its base weights) as arrays on this host:
@@ -210,7 +214,7 @@ class ErasureJob:
         pipe.transformer, self.config, self.mesh, np.load(self.path("embeddings.npz")), self.prompt_set(),
         pipe.latent_shape(self.config.batch_size, v.height, v.width, v.frames), self.run_dir, self.primary,
         self.progress, self.log)
-    self.erased_from = {"step": info["steps"], "latest_step": info["steps"]}
+    self.erased_from, self._erasers_record = {"step": info["steps"], "latest_step": info["steps"]}, None
     return {**info, "erasers": self.erasers_record()}
 
   def stage_export(self):

@@ -20,6 +20,7 @@ _REGISTRY: dict[str, type] = {}
 class Scorer:
   """The interface every scorer implements."""
   name = ""
+  field = "score"  # a video's record is stored as "<model>_<field>"
 
   @classmethod
   def check(cls, config) -> None:
@@ -27,8 +28,6 @@ class Scorer:
 
   def __init__(self, config):
     self.config = config
-
-  field = "score"  # a video's record is stored as "<model>_<field>"
 
   def score(self, frames):
     """The score of one uint8 video (F, H, W, 3)."""
