@@ -173,19 +173,29 @@ def encode_prompts(encoder: UMT5Encoder, tokenizer, prompts: list[str] | str, ma
   return jnp.asarray(np.stack(out).astype(np.float32))
 
 
+def find_phrase(text: str, needle: str) -> int:
+  """Character index of the first occurrence of `needle` in `text`, -1 if none: as whole words where it
+  occurs so ("red" in "chequered, red" is the second word, "man" in "a woman and a man" the last), else
+  inside a word; each matched exactly before case-insensitively."""
+  whole = rf"(?<!\w){re.escape(needle)}(?!\w)"
+  for found in (re.search(whole, text), re.search(whole, text, re.IGNORECASE)):
+    if found:
+      return found.start()
+  at = text.find(needle)
+  return at if at >= 0 else text.lower().find(needle.lower())
+
+
 def concept_token_span(tokenizer, prompt: str, phrase: str) -> tuple[int, int]:
   """Token positions [start, end) of `phrase` inside the tokenized (cleaned) `prompt`.
 
-  The first occurrence is used (matched exactly, else case-insensitively); every token whose character
-  span overlaps the phrase belongs to it.
+  The first occurrence (`find_phrase`: whole words first) is used; every token whose character span
+  overlaps the phrase belongs to it.
   """
   text = clean_prompt(prompt)
   needle = clean_prompt(phrase)
   if not needle:
     raise ValueError("concept phrase is empty")
-  at = text.find(needle)
-  if at < 0:
-    at = text.lower().find(needle.lower())
+  at = find_phrase(text, needle)
   if at < 0:
     raise ValueError(f"concept phrase {phrase!r} does not occur in prompt {prompt!r}")
   end = at + len(needle)

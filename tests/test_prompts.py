@@ -93,7 +93,7 @@ def test_load_pool_reports_every_bad_line_at_once(tmp_path):
       {"prompt": "a cat in the park", "concept": "nude"},                # 7 concept absent
       "# comment",                                                       # 8 skipped
       {"prompt": "a  nude man on the beach ", "concept": "nude"},        # 9 duplicate of 1 after cleaning
-      {"prompt": "a woman and a man", "concept": "man"},                 # 10 first "man" is inside "woman"
+      {"prompt": "a woman on a beach", "concept": "man"},                # 10 "man" only inside "woman"
       {"prompt": "a nude model", "concept": ""},                         # 11 empty concept
       {"prompt": "a nude model", "concept": "nude", "note": "x"},        # 12 unknown key
   ])
@@ -105,7 +105,7 @@ def test_load_pool_reports_every_bad_line_at_once(tmp_path):
       (5, '"prompt" is empty'), (6, '"concept" must be a string, got int'),
       (7, "concept 'nude' does not occur in prompt 'a cat in the park'"),
       (9, f"duplicate prompt 'a  nude man on the beach ' (first at {path}:1)"),
-      (10, "first occurs inside the word 'woman' of prompt 'a woman and a man'"),
+      (10, "occurs only inside the word 'woman' of prompt 'a woman on a beach'"),
       (11, '"concept" is empty'), (12, "unknown key 'note'"),
   ]
   assert len(got) == len(expected), got
@@ -319,6 +319,8 @@ def test_anchor_prompt_removes_the_located_concept():
            ("a circle in red, moving left", "red"): "a circle in, moving left",
            ("moving left, a red circle", "moving left"): "a red circle",
            ("Nude", "nude"): "",
+           ("a checkered background, a red square", "red"): "a checkered background, a square",  # whole words
+           ("a woman and a man", "man"): "a woman and a",
            ("a nude woman, nude on a beach", "nude"): "a woman, nude on a beach"}  # the first occurrence only
   for (prompt, concept), anchor in cases.items():
     assert P.anchor_prompt(P.Entry(prompt, concept)) == anchor, (prompt, concept)

@@ -64,6 +64,11 @@ def test_concept_token_span():
   start, end = text.concept_token_span(tokenizer, "a zebra in the park", "zebra")
   pieces = tokenizer.convert_ids_to_tokens(tokenizer("a zebra")["input_ids"][start:end])
   assert pieces == list("zebra"), pieces
+  # Whole words before parts of words: "man" is the last word, not the end of "woman".
+  start, end = text.concept_token_span(tokenizer, "a woman and a man", "man")
+  assert tokenizer.convert_ids_to_tokens(tokenizer("a woman and a man")["input_ids"][start:end]) == ["\u2581man"]
+  assert text.find_phrase("a woman and a man", "man") == 14 and text.find_phrase("a woman and a Man", "man") == 14
+  assert text.find_phrase("chequered, red", "red") == 11 and text.find_phrase("nudes", "nude") == 0
   with pytest.raises(ValueError, match="'nude' does not occur in prompt"):
     text.concept_token_span(tokenizer, prompt, "nude")
   with pytest.raises(ValueError, match="empty"):

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from t2vu_jax.text import MAX_LENGTH, clean_prompt, concept_token_span
+from t2vu_jax.text import MAX_LENGTH, clean_prompt, concept_token_span, find_phrase
 
 POOL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pools")
 FIELDS = ("concept", "prompt")
@@ -50,11 +50,6 @@ def concept_key(concept: str) -> str:
   return clean_prompt(concept).lower()
 
 
-def _first_match(text: str, needle: str) -> int:
-  at = text.find(needle)
-  return at if at >= 0 else text.lower().find(needle.lower())
-
-
 def _entry_problems(prompt: str, concept: str) -> list[str]:
   text, needle = clean_prompt(prompt), clean_prompt(concept)
   problems = []
@@ -64,7 +59,7 @@ def _entry_problems(prompt: str, concept: str) -> list[str]:
     problems.append('"concept" is empty')
   if problems:
     return problems
-  at = _first_match(text, needle)
+  at = find_phrase(text, needle)
   if at < 0:
     return [f"concept {concept!r} does not occur in prompt {prompt!r}"]
   end = at + len(needle)
@@ -76,7 +71,7 @@ def _entry_problems(prompt: str, concept: str) -> list[str]:
       lo -= 1
     while hi < len(text) and text[hi].isalnum():
       hi += 1
-    return [f"concept {concept!r} first occurs inside the word {text[lo:hi]!r} of prompt {prompt!r}, so its "
+    return [f"concept {concept!r} occurs only inside the word {text[lo:hi]!r} of prompt {prompt!r}, so its "
             "token span would be wrong: reword the prompt or the concept"]
   return []
 
@@ -337,7 +332,7 @@ def anchor_prompt(entry: Entry) -> str:
   """The entry's prompt without its concept phrase (the occurrence its token span covers), tidied:
   "a nude woman on a beach" -> "a woman on a beach". A prompt that is only the concept gives ""."""
   text, needle = clean_prompt(entry.prompt), clean_prompt(entry.concept)
-  at = _first_match(text, needle)
+  at = find_phrase(text, needle)
   if at < 0:
     where = f"{entry.source}: " if entry.source else ""
     raise ValueError(f"{where}concept {entry.concept!r} does not occur in prompt {entry.prompt!r}")
