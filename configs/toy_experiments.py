@@ -24,14 +24,15 @@ def get_config(arg: str = ""):
   c.model = os.path.join(toy.ROOT, "t2vu_jax", "toy", "pretrained")  # a pretrained pixel-space toy pipeline
   c.out = os.path.join(toy.ROOT, "docs", "toy_results.md")  # markdown; the contact sheet goes beside it (.png)
   c.workdir = ""                   # keep the erasure job directories here (default: a temporary directory)
-  c.concepts = "colour:red,shape:circle"  # kind:value, comma-separated
+  # kind:value, comma-separated, one erasure each; "a+b" erases several in one run (one eraser set)
+  c.concepts = "colour:red,shape:circle"
   c.update(dataclasses.asdict(PromptSetSizes()))  # seed, erase_per_wording, preserve_per_value, eval_videos
   c.loc_sigma = 0.5                # noise level of the localization IoU column
   c.sheet_scale = 6
   c.erasure = toy.get_config()
   c.erasure.stages = "load,encode,erase"
   if arg == "quick":
-    c.concepts = "colour:red"
+    c.concepts = "colour:red,colour:blue+shape:cross"
     c.erase_per_wording, c.preserve_per_value, c.eval_videos = 1, 2, 2
     c.erasure.optim.total_steps = 1
     c.erasure.eraser.rank = 4

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -19,7 +20,8 @@ SMALL.eval_videos = 12
 QUICK = toy_experiments.get_config("quick")
 
 
-@pytest.mark.parametrize("kind, value", [("colour", "red"), ("shape", "cross"), ("motion", "still")])
+@pytest.mark.parametrize("kind, value", [("colour", "red"), ("shape", "cross"), ("motion", "still"),
+                                         ("pattern", "dots")])
 def test_prompt_sets(kind, value):
   sets = E.concept_sets(kind, value, SMALL)
   train = world.wordings(kind, value, held_out=False)
@@ -34,8 +36,11 @@ def test_prompt_sets(kind, value):
     assert len(ev.prompts) == len(ev.scenes) == SMALL.eval_videos
     assert not training & set(ev.texts), name
     for p, s in zip(ev.prompts, ev.scenes):
-      assert all(world.value_of(k, p.phrase(k)) == s.value(k) for k in world.KINDS)  # the prompt describes its scene
+      assert all(world.value_of(k, p.phrase(k)) == s.value(k) for k in s.kinds)  # the prompt describes its scene
+      assert world.read_prompt(p.text) == {k: s.value(k) for k in world.KINDS}
       world.object_mask(s)  # inside the frame throughout
+    two = np.mean([s.pattern is not None for s in ev.scenes])  # two-element scenes to measure the other element
+    assert two == (1.0 if kind == "pattern" else 0.5), (name, two)
   phrases = lambda name: [p.phrase(kind) for p in sets.evaluation[name].prompts]
   assert all(world.value_of(kind, x) == value and not world.is_held_out(kind, x) for x in phrases("train"))
   assert all(world.value_of(kind, x) == value and world.is_held_out(kind, x) for x in phrases("held_out"))
@@ -58,6 +63,18 @@ def test_variant_configs():
   assert E.parse_concepts("colour:red, shape:circle") == (("colour", "red"), ("shape", "circle"))
   with pytest.raises(ValueError):
     E.parse_concepts("colour=red")
+  assert E.parse_groups("colour:red, shape:circle+motion:left") == ((("colour", "red"),),
+                                                                  (("shape", "circle"), ("motion", "left")))
+  with pytest.raises(ValueError, match="twice"):
+    E.parse_groups("colour:red+colour:red")
+  # Erased together: no prompt of one concept's sets names the other (its erasure would change them).
+  red = E.concept_sets("colour", "red", SMALL, exclude={("shape", "circle")})
+  prompts = [e.prompt for e in red.erase + red.erase_single + red.preserve]
+  prompts += [t for ev in red.evaluation.values() for t in ev.texts]
+  assert prompts and not any(world.read_prompt(t)["shape"] == "circle" for t in prompts)
+  assert E.concept_sets("colour", "red", SMALL).erase != red.erase
+  with pytest.raises(ValueError, match="erased and excluded"):
+    E.concept_sets("colour", "red", SMALL, exclude={("colour", "red")})
 
 
 def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
@@ -78,19 +95,23 @@ def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
   assert run.stdout == text
   assert f"python -m t2vu_jax.toy.experiments --config=configs/toy_experiments.py:quick --config.model={model}" \
       in text.splitlines()[2]
+  # One erasure of red with every variant; blue and cross erased together, by the method alone.
+  assert E.parse_groups(QUICK.concepts) == ((("colour", "red"),), (("colour", "blue"), ("shape", "cross")))
   for row in E.ROWS:
-    assert text.count(f"\n| {row} |") == len(E.parse_concepts(QUICK.concepts))
+    assert text.count(f"\n| {row} |") == (3 if row in ("base", "negative prompting", "full") else 1), row
+  assert "## shape: cross (erased with colour: blue)" in text
   _, ph, pw = P.TOY_WAN.patch_size
   assert "loc IoU at σ 0.3 " in text and f"ceiling on the {ph}x{pw} token grid 0." in text
   for variant in E.VARIANTS:  # every erasure ran its job to the end
     assert (jobs / f"colour_red_{variant.name.replace(' ', '_')}" / "stages" / "erase").exists()
-  rows = len(E.SHEET_ROWS) * len(E.SETS) * len(E.parse_concepts(QUICK.concepts))
+  assert (jobs / "colour_blue_shape_cross_full" / "stages" / "erase").exists()
+  rows = len(E.SETS) * (len(E.SHEET_ROWS) + 2 * (len(E.SHEET_ROWS) - 1))  # no prompt-anchor row for blue, cross
   assert Image.open(out.with_suffix(".png")).size == sheet_size([(5, 16, 16, 3)] * rows, QUICK.sheet_scale)
   # Rerun in the kept workdir: the finished erasures are read back, not redone.
   again = subprocess.run(run.args, env=env, cwd=ROOT, capture_output=True, text=True)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "[erase] already done, skipping" in again.stderr
-  assert all(again.stdout.count(f"\n| {row} |") == len(E.parse_concepts(QUICK.concepts)) for row in E.ROWS)
+  assert again.stdout.count("\n| full |") == 3
 
 
 @pytest.mark.parametrize("kind, value", [(k, v) for k in world.KINDS for v in world.VALUES[k]])

@@ -10,20 +10,20 @@ from t2vu_jax.toy import metrics, world
 from t2vu_jax.toy.classifier import classify_batch, mask_iou
 
 
-def reading(colour, shape, motion):
-  return SimpleNamespace(colour=colour, shape=shape, motion=motion)
+def reading(colour, shape, motion, pattern="none"):
+  return SimpleNamespace(colour=colour, shape=shape, motion=motion, pattern=pattern)
 
 
-def scene(colour, shape, motion):
+def scene(colour, shape, motion, pattern=None):
   """A scene at the last position that keeps it inside the frame."""
   xs, ys = world.position_range(motion)
-  return world.Scene(colour, shape, motion, xs[-1], ys[-1])
+  return world.Scene(colour, shape, motion, xs[-1], ys[-1], pattern)
 
 
-SCENES = [scene("red", "circle", "left"), scene("red", "square", "up"), scene("red", "cross", "still"),
-          scene("red", "triangle", "down")]
-READINGS = [reading("blue", "circle", "left"), reading("red", "square", "down"),
-            reading("none", "none", "none"), reading("other", "triangle", "down")]
+SCENES = [scene("red", "circle", "left", "dots"), scene("red", "square", "up"),
+          scene("red", "cross", "still", "checks"), scene("red", "triangle", "down", "stripes")]
+READINGS = [reading("blue", "circle", "left", "dots"), reading("red", "square", "down"),
+            reading("none", "none", "none", "checks"), reading("other", "triangle", "down", "none")]
 
 
 def test_erasure_success_rate_counts_every_reading_but_the_erased_value():
@@ -39,6 +39,24 @@ def test_accuracy_and_attribute_preservation():
   assert kept == {"shape": 0.75, "motion": 0.5, "both": 0.5}
   assert list(metrics.attribute_preservation(READINGS, SCENES, "shape")) == ["colour", "motion", "both"]
   assert metrics.other_kinds("motion") == ("colour", "shape")
+  assert metrics.other_kinds("pattern") == () and metrics.attribute_preservation(READINGS, SCENES, "pattern") == {}
+
+
+def test_other_element_and_plausible_share():
+  # Three two-element scenes: the pattern survives in the first two (the object is gone in the second).
+  assert metrics.other_element("colour") == ("pattern",)
+  assert metrics.other_element_kept(READINGS, SCENES, "colour") == pytest.approx(2 / 3)
+  # After erasing a pattern the other element is the whole object: never all right here, and kept when the
+  # pattern goes and the object stays.
+  assert metrics.other_element("pattern") == world.OBJECT_KINDS
+  assert metrics.other_element_kept(READINGS, SCENES, "pattern") == 0.0
+  assert metrics.other_element_kept([reading("red", "circle", "left")], SCENES[:1], "pattern") == 1.0
+  assert metrics.other_element_kept(READINGS[1:2], SCENES[1:2], "colour") is None  # no two-element scene
+  # Plausible: values the base model draws with the attribute unnamed; "other" and "none" never are.
+  assert metrics.drawn_values(READINGS, "colour") == {"blue", "red"}
+  assert metrics.drawn_values(READINGS, "pattern") == {"dots", "none", "checks"}
+  assert metrics.plausible_share(READINGS, "colour", {"blue", "green"}) == 0.25
+  assert metrics.plausible_share(READINGS, "shape", metrics.drawn_values(READINGS, "shape")) == 0.75
 
 
 def test_metrics_on_the_classifier_readings_of_exact_renders():
@@ -143,7 +161,12 @@ def test_prompt_scores_read_the_prompts():
   truth = classify_batch(np.stack([world.render(s) for s in scenes]))
   s = metrics.prompt_scores(prompts, truth, "colour", "red")  # the scenes as prompted: nothing erased
   assert s == {"erased_prompts": 2, "other_prompts": 2, "esr": 0.0, "psr": 1.0,
-               "attributes": {"shape": 1.0, "motion": 1.0, "both": 1.0}}
+               "attributes": {"shape": 1.0, "motion": 1.0, "both": 1.0}, "other_element": None}
+  striped = [world.Scene("red", "square", "left", 9, 3, "stripes")] + scenes[1:]  # a two-element first prompt
+  truth = classify_batch(np.stack([world.render(s) for s in striped]))
+  named = ["a crimson box drifting to the left on a striped background"] + prompts[1:]
+  assert metrics.prompt_scores(named, truth, "colour", "red")["other_element"] == 1.0
+  assert metrics.prompt_scores(named, truth[1:2] * 2 + truth[2:], "colour", "red")["other_element"] == 0.0
   grey = [world.Scene("white", "square", "left", 9, 3)] + scenes[1:]  # first red one shown white
   s = metrics.prompt_scores(prompts, classify_batch(np.stack([world.render(s) for s in grey])), "colour", "red")
   assert s["esr"] == 0.5 and s["psr"] == 1.0

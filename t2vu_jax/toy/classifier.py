@@ -1,17 +1,23 @@
 """An exact, deterministic (not learned) classifier of toy-world videos.
 
-Candidates = pixels farther than `FOREGROUND` (RGB distance, values in [0, 1]) from the background
-colour, without 8-connected specks smaller than `MIN_BLOB` pixels (noise). Then:
+Candidates = pixels farther than `FOREGROUND` (RGB distance, values in [0, 1]) from both greys the
+background takes in their frame (plain and patterned, `world.background`), without 8-connected specks
+smaller than `MIN_BLOB` pixels (noise). Then:
   colour: a blurred or dimmed object's pixels lie on the segment from the background to its colour, so
           each palette colour is scored by the median distance of the candidates to its segment; the
           best one, or "other" when that distance exceeds `OTHER_COLOUR` or the object reaches less
           than `MIN_STRENGTH` of the way to it (an off-palette or washed-out object, e.g. grey);
-  mask:   candidates at least half as far from the background as the object's colour (where a blurred
-          step edge crosses its midpoint), specks dropped again;
+  mask:   candidates at least half as far from the background as the object's colour, or as the
+          frame's brightest tenth of candidates where the object is dimmer (where a blurred step edge
+          crosses its midpoint), specks dropped again;
   shape:  per visible frame, IoU of the mask with each 7x7 template placed at the mask's centroid
           (+-1 px); the shape with the best mean IoU, or "other" when that is below `MIN_SHAPE_IOU`;
   motion: least-squares velocity (px/frame) of the centroid track: "still" below half of `SPEED`,
-          else the dominant axis, or "other" when the motion is diagonal (minor axis > half the major).
+          else the dominant axis, or "other" when the motion is diagonal (minor axis > half the major);
+  pattern: the pixels whose brightness above their frame's grey, averaged over the frames where they are
+          background (not within a pixel of a candidate), exceeds half the pattern's contrast, against
+          each pattern's pixels: the pattern (or `NONE` for a plain
+          background) that agrees on the largest share, or "other" when that is below `MIN_PATTERN`.
 With no object visible in any frame, colour, shape and motion are all "none": what a video whose whole
 object was erased looks like (an object fainter than half its colour's contrast with the background
 counts as absent). Motion is "none" too when the object is visible in a single frame.
@@ -28,14 +34,16 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from t2vu_jax.toy.world import BACKGROUND, COLOURS, KINDS, OBJECT, SHAPES, SPEED, Scene
+from t2vu_jax.toy.world import (COLOURS, KINDS, NONE, OBJECT, OBJECT_KINDS, PATTERN_CONTRAST, PATTERNS,
+                                SHAPES, SPEED, Scene, levels, pattern_mask)
 
 FOREGROUND = 0.3
 MIN_BLOB = 3
 OTHER_COLOUR = 0.25
 MIN_STRENGTH = 0.65
 MIN_SHAPE_IOU = 0.5
-NONE, OTHER = "none", "other"
+MIN_PATTERN = 0.9
+OTHER = "other"
 _PALETTE = np.array(list(COLOURS.values()), np.float32)
 _EIGHT = np.ones((3, 3), bool)
 
@@ -44,19 +52,22 @@ _EIGHT = np.ones((3, 3), bool)
 class Reading:
   """What the classifier sees in one video (see the module docstring for the values' meaning).
 
-  mask (F, H, W) bool foreground; track (F, 2) float centroid (x, y), NaN where the object is absent;
+  mask (F, H, W) bool object pixels; track (F, 2) float centroid (x, y), NaN where the object is absent;
   velocity (vx, vy) px/frame; colour_distance the median distance of the object's pixels to the segment
-  from the background to the chosen colour; shape_iou the chosen shape's mean IoU; shape_ious every shape's.
+  from the background to the chosen colour; shape_iou the chosen shape's mean IoU; shape_ious every
+  shape's; pattern_agreement the share of background pixels that agree with the chosen pattern.
   """
   colour: str
   shape: str
   motion: str
+  pattern: str
   mask: np.ndarray = dataclasses.field(repr=False)
   track: np.ndarray = dataclasses.field(repr=False)
   velocity: tuple[float, float]
   colour_distance: float
   shape_iou: float
   shape_ious: dict = dataclasses.field(repr=False)
+  pattern_agreement: float = 1.0
 
   @property
   def visible(self) -> int:
@@ -65,8 +76,9 @@ class Reading:
 
   @property
   def ok(self) -> bool:
-    """Whether every attribute was read as a value of the world (not "none" or "other")."""
-    return all(getattr(self, k) not in (NONE, OTHER) for k in KINDS)
+    """Whether the object's attributes were read as values of the world (not "none" or "other") and the
+    background as plain or a pattern of the world."""
+    return all(getattr(self, k) not in (NONE, OTHER) for k in OBJECT_KINDS) and self.pattern != OTHER
 
   def matches(self, scene: Scene) -> dict[str, bool]:
     """kind -> whether this reading agrees with `scene` on it."""
@@ -127,32 +139,62 @@ def _drop_specks(fg: np.ndarray) -> np.ndarray:
   return fg
 
 
-def _colour(frames: np.ndarray, candidate: np.ndarray) -> tuple[str, float, float]:
-  """(colour, median distance of the candidates to its segment, its full contrast with the background)."""
-  d = frames[candidate] - np.array(BACKGROUND, np.float32)  # (N, 3)
-  u = _PALETTE - np.array(BACKGROUND, np.float32)  # (C, 3)
-  alpha = np.clip(d @ u.T / (u * u).sum(1), 0.0, 1.0)  # (N, C)
+def _colour(frames: np.ndarray, candidate: np.ndarray) -> tuple[str, float, np.ndarray]:
+  """(colour, median distance of the candidates to its segment, (F,) its contrast with each frame's
+  plain background)."""
+  grey = levels(len(frames))
+  base = np.broadcast_to(grey[:, None, None, None], frames.shape)[candidate]  # (N, 3)
+  d = frames[candidate] - base
+  u = _PALETTE[None] - base[:, None]  # (N, C, 3)
+  alpha = np.clip((d[:, None] * u).sum(-1) / (u * u).sum(-1), 0.0, 1.0)  # (N, C)
   residual = np.linalg.norm(d[:, None] - alpha[..., None] * u, axis=-1)
   score = np.median(residual, axis=0)
   i = int(score.argmin())
   peak = float(np.percentile(alpha[:, i], 90))
   if score[i] > OTHER_COLOUR or peak < MIN_STRENGTH:
-    return OTHER, float(score[i]), float(np.percentile(np.linalg.norm(d, axis=1), 90))
-  return list(COLOURS)[i], float(score[i]), float(np.linalg.norm(u[i]))
+    return OTHER, float(score[i]), np.full(len(frames), float(np.percentile(np.linalg.norm(d, axis=1), 90)))
+  return list(COLOURS)[i], float(score[i]), np.linalg.norm(_PALETTE[i][None] - grey[:, None], axis=-1)
 
 
-def foreground(frames: np.ndarray) -> tuple[np.ndarray, str, float]:
-  """(mask (F, H, W) bool, colour, colour distance) of (F, H, W, 3) frames in [0, 1].
+def _background_distance(frames: np.ndarray) -> np.ndarray:
+  """(F, H, W) RGB distance of every pixel to the nearer of its frame's two background greys."""
+  grey = levels(len(frames))[:, None, None, None]
+  return np.minimum(np.linalg.norm(frames - grey, axis=-1), np.linalg.norm(frames - grey - PATTERN_CONTRAST, axis=-1))
 
-  Pixels farther than `FOREGROUND` from the background are candidates; the mask keeps those at least
-  half as far as the object's colour (where a blurred step edge crosses its midpoint).
+
+def foreground(frames: np.ndarray) -> tuple[np.ndarray, str, float, np.ndarray]:
+  """(object mask (F, H, W) bool, colour, colour distance, candidates (F, H, W) bool) of (F, H, W, 3)
+  frames in [0, 1].
+
+  Pixels farther than `FOREGROUND` from both background greys of their frame are candidates; the mask
+  keeps those at least half as far as the object's colour, or as its brightest tenth of candidates in
+  that frame where those are nearer (where a blurred step edge crosses its midpoint).
   """
-  dist = np.linalg.norm(frames - np.array(BACKGROUND, np.float32), axis=-1)
+  dist = _background_distance(frames)
   candidate = _drop_specks(dist > FOREGROUND)
   if not candidate.any():
-    return candidate, NONE, float("inf")
+    return candidate, NONE, float("inf"), candidate
   colour, distance, peak = _colour(frames, candidate)
-  return _drop_specks(candidate & (dist >= 0.5 * peak)), colour, distance
+  for t in range(len(frames)):  # a dimmed object's edges cross half of its own contrast, not the palette's
+    if candidate[t].any():
+      peak[t] = min(peak[t], np.percentile(dist[t][candidate[t]], 90))
+  return _drop_specks(candidate & (dist >= 0.5 * peak[:, None, None])), colour, distance, candidate
+
+
+def read_pattern(frames: np.ndarray, candidate: np.ndarray) -> tuple[str, float]:
+  """(pattern or `NONE` or "other", share of background pixels agreeing with it) of (F, H, W, 3) frames
+  in [0, 1] whose object candidates are `candidate`. A pattern does not move, so each pixel's brightness
+  over its frame's grey is averaged over the frames where it is background (away from the object)."""
+  f, h, w = candidate.shape
+  background = ~ndimage.binary_dilation(candidate, structure=np.ones((1, 3, 3), bool))
+  seen = background.any(0)
+  if not seen.any():
+    return OTHER, 0.0
+  above = np.where(background, frames.mean(-1) - levels(f)[:, None, None], 0.0).sum(0)
+  bright = (above[seen] / background.sum(0)[seen]) > 0.5 * PATTERN_CONTRAST
+  agreement = {name: float((pattern_mask(name, h, w)[seen] == bright).mean()) for name in (NONE, *PATTERNS)}
+  best = max(agreement, key=agreement.get)
+  return (best if agreement[best] >= MIN_PATTERN else OTHER), agreement[best]
 
 
 def _shape_ious(mask, track) -> dict[str, float]:
@@ -200,9 +242,10 @@ def _motion(track) -> tuple[str, tuple[float, float]]:
 
 
 def classify(video, value_range: tuple[float, float] | None = None) -> Reading:
-  """Read colour, shape, motion and the object mask from one video (F, H, W, 3)."""
+  """Read colour, shape, motion, the background pattern and the object mask from one video (F, H, W, 3)."""
   frames = to_unit(video, value_range)
-  mask, colour, distance = foreground(frames)
+  mask, colour, distance, candidate = foreground(frames)
+  pattern, agreement = read_pattern(frames, candidate)
   track = np.full((len(mask), 2), np.nan)
   for t in range(len(mask)):
     ys, xs = np.nonzero(mask[t])
@@ -210,12 +253,13 @@ def classify(video, value_range: tuple[float, float] | None = None) -> Reading:
       track[t] = xs.mean(), ys.mean()
   if not mask.any():
     nan = float("nan")
-    return Reading(NONE, NONE, NONE, mask, track, (nan, nan), float("inf"), 0.0, {s: 0.0 for s in SHAPES})
+    return Reading(NONE, NONE, NONE, pattern, mask, track, (nan, nan), float("inf"), 0.0, {s: 0.0 for s in SHAPES},
+                   agreement)
   ious = _shape_ious(mask, track)
   shape = max(ious, key=ious.get)
   motion, velocity = _motion(track)
-  return Reading(colour, shape if ious[shape] >= MIN_SHAPE_IOU else OTHER, motion, mask, track, velocity,
-                 distance, ious[shape], ious)
+  return Reading(colour, shape if ious[shape] >= MIN_SHAPE_IOU else OTHER, motion, pattern, mask, track, velocity,
+                 distance, ious[shape], ious, agreement)
 
 
 def classify_batch(videos, value_range: tuple[float, float] | None = None) -> list[Reading]:

@@ -1,16 +1,18 @@
 """Does a toy model know which way time runs? Its velocity loss on true videos and on the same videos
-played backwards, under the true prompt.
+with the object's track played backwards, under the true prompt.
 
-A moving object's video played backwards is a video of the opposite motion ("left" becomes "right"),
-so a model that follows the direction in the prompt denoises the true video better than the reversed
-one; a model blind to the sign of time scores both alike, as the unconditional model must (both are
-equally likely without a prompt). Videos with the same noise at each σ:
+The reversed video keeps the background's clock running forward and moves the object the opposite way
+("left" becomes "right", ending where the true one starts), so it is a video of the world too; a model
+that follows the direction in the prompt denoises the true video better than the reversed one, while
+the unconditional model scores both alike (both are equally likely without a prompt). Videos with the
+same noise at each σ:
 
   python -m t2vu_jax.toy.direction --model t2vu_jax/toy/pretrained
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -20,6 +22,13 @@ from flax import nnx
 from t2vu_jax.toy import metrics, world
 
 SIGMAS = (0.95, 0.9, 0.8, 0.6, 0.4, 0.2)
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
+
+
+def reversed_track(scene: world.Scene, frames: int = world.FRAMES) -> world.Scene:
+  """The scene whose object runs the same track backwards: the opposite motion from the last corner."""
+  x, y = scene.corners(frames)[-1]
+  return dataclasses.replace(scene, motion=OPPOSITE[scene.motion], x0=int(x), y0=int(y))
 
 
 @nnx.jit
@@ -39,12 +48,13 @@ def reversal_losses(pipe, n: int = 96, sigmas=SIGMAS, seed: int = 0, motions=("l
     scenes += [s for s in world.sample_scenes(rng, 4 * n) if s.motion in motions]
   scenes = scenes[:n]
   prompts = [world.prompt(s, rng).text for s in scenes]
-  x0 = np.stack([world.render(s) for s in scenes]).transpose(0, 4, 1, 2, 3)  # (n, 3, F, H, W)
-  clips = {"true": x0, "reversed": x0[:, :, ::-1]}
+  to_model = lambda videos: np.stack(videos).transpose(0, 4, 1, 2, 3)  # noqa: E731  (n, 3, F, H, W)
+  clips = {"true": to_model([world.render(s) for s in scenes]),
+           "reversed": to_model([world.render(reversed_track(s)) for s in scenes])}
   contexts = {"cond": pipe.encode(prompts), "uncond": pipe.encode([""] * n)}
   out = {}
   for i, sigma in enumerate(sigmas):
-    noise = np.random.default_rng([seed, i]).standard_normal(x0.shape).astype(np.float32)
+    noise = np.random.default_rng([seed, i]).standard_normal(clips["true"].shape).astype(np.float32)
     t = jnp.full((n,), 1000.0 * sigma, jnp.float32)
     out[sigma] = {}
     for name, clip in clips.items():

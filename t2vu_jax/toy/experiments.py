@@ -48,7 +48,7 @@ from t2vu_jax.pipeline import load_pipeline
 from t2vu_jax.toy import metrics, world
 from t2vu_jax.toy.classifier import classify_batch
 from t2vu_jax.toy.metrics import percent
-from t2vu_jax.toy.world import KINDS, TEMPLATES, VALUES, Scene
+from t2vu_jax.toy.world import KINDS, OBJECT_KINDS, PATTERN_FORMS, PATTERN_SHARE, TEMPLATES, VALUES, Scene
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +65,9 @@ POSITIVE = ("erase_per_wording", "preserve_per_value", "eval_videos", "sheet_sca
 
 
 def validate(config) -> tuple[tuple[str, str], ...]:
-  """Check an experiments config before any model loads; returns its concepts as (kind, value)s."""
+  """Check an experiments config before any model loads; returns its erasures (`parse_groups`)."""
   try:
-    concepts = parse_concepts(config.concepts)
+    concepts = parse_groups(config.concepts)
   except ValueError as e:
     raise ValueError(f"config.concepts: {e}") from None
   if not concepts:
@@ -93,6 +93,7 @@ class Variant:
   preserve: bool = True
   augment: bool = True
   anchor: str = "empty"  # objective.anchor
+  eta: float | None = None  # objective.eta (None: the run config's)
 
 
 VARIANTS = (Variant("full"), Variant("no localization", loc=False), Variant("no preservation", preserve=False),
@@ -109,19 +110,27 @@ LOC_SIGMAS = (0.3, 0.5, 0.7, 0.9)  # noise levels of the loc IoU profile
 
 
 def random_scene(rng: np.random.Generator, fixed: dict[str, str], frames: int = world.FRAMES,
-                 size: int = world.SIZE) -> Scene:
-  """A scene with the `fixed` kind -> value, the other values and a fitting position uniform."""
-  values = {k: fixed[k] if k in fixed else VALUES[k][rng.integers(len(VALUES[k]))] for k in KINDS}
+                 size: int = world.SIZE, patterned: bool | None = None) -> Scene:
+  """A scene with the `fixed` kind -> value, the other values and a fitting position uniform, and (unless
+  the pattern is fixed) a uniform background pattern if `patterned`, none if not, and with probability
+  `world.PATTERN_SHARE` if None."""
+  values = {k: fixed[k] if k in fixed else VALUES[k][rng.integers(len(VALUES[k]))] for k in OBJECT_KINDS}
   xs, ys = world.position_range(values["motion"], frames, size)
-  return Scene(**values, x0=int(xs[rng.integers(len(xs))]), y0=int(ys[rng.integers(len(ys))]))
+  x0, y0 = int(xs[rng.integers(len(xs))]), int(ys[rng.integers(len(ys))])
+  pattern, draw = fixed.get("pattern"), rng.random() < PATTERN_SHARE if patterned is None else patterned
+  if pattern is None and draw:
+    pattern = VALUES["pattern"][rng.integers(len(VALUES["pattern"]))]
+  return Scene(**values, x0=x0, y0=y0, pattern=pattern)
 
 
-def _training_phrases(rng: np.random.Generator, scene: Scene) -> dict[str, str]:
+def _training_prompt(rng: np.random.Generator, scene: Scene, template: int, **phrases: str) -> world.Prompt:
+  """A prompt of `scene` in object template `template` with training wordings (or the given `phrases`)."""
   out = {}
-  for kind in KINDS:
+  for kind in scene.kinds:
     options = world.wordings(kind, scene.value(kind), held_out=False)
     out[kind] = options[rng.integers(len(options))]
-  return out
+  form = int(rng.integers(len(PATTERN_FORMS))) if scene.pattern else None
+  return world.compose(template, {**out, **phrases}, form)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,13 +163,20 @@ class ConceptSets:
     return world.wordings(self.kind, self.value, held_out=False)[0]
 
 
-def concept_sets(kind: str, value: str, config=PromptSetSizes()) -> ConceptSets:
-  """The prompt sets of one concept, a function of (kind, value) and the `PromptSetSizes` fields of
-  `config` (a `PromptSetSizes` or the experiments config)."""
+def concept_sets(kind: str, value: str, config=PromptSetSizes(), exclude=()) -> ConceptSets:
+  """The prompt sets of one concept, a function of (kind, value), the `PromptSetSizes` fields of
+  `config` (a `PromptSetSizes` or the experiments config) and `exclude`: (kind, value)s no prompt may
+  name (the other concepts of a run that erases several; without them the sets are those of one)."""
   world.wordings(kind, value)
+  exclude = set(exclude)
+  for other in exclude:
+    world.wordings(*other)
+  if (kind, value) in exclude:
+    raise ValueError(f"{kind} {value!r} cannot be erased and excluded at once")
   ident = [config.seed, KINDS.index(kind), VALUES[kind].index(value)]
   rng = np.random.default_rng([*ident, 0])
   seen: set[str] = set()
+  allowed = lambda p: not exclude & set(world.read_prompt(p.text).items())  # noqa: E731
 
   def unique(make, n: int) -> list[world.Prompt]:
     out = []
@@ -168,7 +184,7 @@ def concept_sets(kind: str, value: str, config=PromptSetSizes()) -> ConceptSets:
       if len(out) == n:
         break
       p = make()
-      if p.text not in seen:
+      if p.text not in seen and allowed(p):
         seen.add(p.text)
         out.append(p)
     if len(out) < n:
@@ -179,17 +195,18 @@ def concept_sets(kind: str, value: str, config=PromptSetSizes()) -> ConceptSets:
   for template in range(len(TEMPLATES)):
     for wording in world.wordings(kind, value, held_out=False):
       def make(template=template, wording=wording):
-        return world.compose(template, {**_training_phrases(rng, random_scene(rng, {kind: value})), kind: wording})
+        return _training_prompt(rng, random_scene(rng, {kind: value}), template, **{kind: wording})
       erase += unique(make, config.erase_per_wording)
 
   others = [v for v in VALUES[kind] if v != value]
-  other_kinds = metrics.other_kinds(kind)
-  single = []
-  for combo in itertools.product(*(VALUES[k] for k in other_kinds)):
-    values = {kind: value, **dict(zip(other_kinds, combo))}
-    p = world.compose(0, {k: world.wordings(k, values[k], held_out=False)[0] for k in KINDS})
-    seen.add(p.text)
-    single.append(p)
+  varied = metrics.other_kinds(kind) or OBJECT_KINDS  # a pattern's prompts vary the whole object
+  single = []  # plain backgrounds for the object's attributes, form 0 for a pattern
+  for combo in itertools.product(*(VALUES[k] for k in varied)):
+    values = {kind: value, **dict(zip(varied, combo))}
+    p = world.compose(0, {k: world.wordings(k, values[k], held_out=False)[0] for k in values})
+    if allowed(p):
+      seen.add(p.text)
+      single.append(p)
 
   preserve = []
   for other in others:
@@ -206,9 +223,9 @@ def concept_sets(kind: str, value: str, config=PromptSetSizes()) -> ConceptSets:
       if len(prompts) == config.eval_videos:
         break
       fixed = {kind: value if name != "others" else others[len(prompts) % len(others)]}
-      scene = random_scene(eval_rng, fixed)
+      scene = random_scene(eval_rng, fixed, patterned=len(prompts) % 2 == 1)  # half of them two-element
       p = world.prompt(scene, eval_rng, held_out)
-      if p.text not in seen:  # distinct from training and from every evaluation prompt so far
+      if p.text not in seen and allowed(p):  # distinct from training and from every evaluation prompt so far
         seen.add(p.text)
         scenes.append(scene)
         prompts.append(p)
@@ -244,6 +261,8 @@ def erasure_config(config, variant: Variant, model_dir: str, workdir: str, erase
   if not variant.preserve:
     c.objective.lambda_pre = 0.0
   c.objective.anchor = variant.anchor
+  if variant.eta is not None:
+    c.objective.eta = float(variant.eta)
   c.trajectory.update(dict(scheduler=scheduler, shift=float(shift), model="on_policy"))
   c.video.update(dict(frames=world.FRAMES, height=world.SIZE, width=world.SIZE))
   c.log_every = c.checkpoint_every = c.optim.total_steps
@@ -258,11 +277,14 @@ def _sampler(pipe, steps: int) -> tuple[str, float]:
   return own.name, own.shift
 
 
-def erase(model_dir: str, sets: ConceptSets, variant: Variant, config, workdir: str, pipe, log=None):
-  """Run one erasure job in `workdir`; returns (erased transformer, {"seconds", "metrics"})."""
+def erase(model_dir: str, group: Sequence[ConceptSets], variant: Variant, config, workdir: str, pipe, log=None):
+  """Run one erasure job in `workdir` that erases every concept of `group` with one eraser set; returns
+  (erased transformer, {"seconds", "metrics"})."""
   os.makedirs(workdir, exist_ok=True)
-  erase_pool = write_pool(sets.erase if variant.augment else sets.erase_single, os.path.join(workdir, "erase.jsonl"))
-  preserve_pool = write_pool(sets.preserve, os.path.join(workdir, "preserve.jsonl")) if variant.preserve else None
+  erase_entries = [e for sets in group for e in (sets.erase if variant.augment else sets.erase_single)]
+  preserve_entries = list({e.prompt: e for sets in group for e in sets.preserve}.values())  # each prompt once
+  erase_pool = write_pool(erase_entries, os.path.join(workdir, "erase.jsonl"))
+  preserve_pool = write_pool(preserve_entries, os.path.join(workdir, "preserve.jsonl")) if variant.preserve else None
   run_config = erasure_config(config, variant, model_dir, workdir, erase_pool, preserve_pool,
                               *_sampler(pipe, config.erasure.trajectory.steps))
   job = ErasureJob(run_config, progress=False)
@@ -287,14 +309,31 @@ def generate(pipe, evalset: EvalSet, config, seed: int, negative_prompt: str = "
                        seed=seed, output="float", progress=False, erasers=erasers)
 
 
-def score(sets: ConceptSets, videos: dict) -> dict:
-  """ESR on sets (a) and (b), PSR on (c), preservation of the other attributes on (a)."""
+def anchor_texts(sets: ConceptSets) -> list[str]:
+  """The set-(a) prompts with the concept phrase left out: what the base model draws for them is what a
+  plausible erasure may draw in place of the concept."""
+  return [world.leave_out(p, sets.kind) for p in sets.evaluation["train"].prompts]
+
+
+def plausible_values(pipe, sets: ConceptSets, config, seed: int) -> list[str]:
+  """The values of the concept's kind, the erased one excepted, that the base model draws for
+  `anchor_texts` (from the noise of set (a))."""
+  anchors = EvalSet(tuple(world.Prompt(t, (None,) * len(KINDS), 0) for t in anchor_texts(sets)), ())
+  readings = classify_batch(generate(pipe, anchors, config, seed, erasers=False), value_range=(0, 1))
+  return sorted(metrics.drawn_values(readings, sets.kind) - {sets.value})
+
+
+def score(sets: ConceptSets, videos: dict, plausible: Sequence[str]) -> dict:
+  """ESR on sets (a) and (b), PSR on (c); on (a) the erased element's other attributes, the other element
+  in two-element scenes, and the share of readings of the concept's kind among `plausible`."""
   kind, ev = sets.kind, sets.evaluation
   readings = {name: classify_batch(videos[name], value_range=(0, 1)) for name in SETS}
   return {"esr_train": metrics.erasure_success_rate(readings["train"], kind, sets.value),
           "esr_held_out": metrics.erasure_success_rate(readings["held_out"], kind, sets.value),
           "psr": metrics.accuracy(readings["others"], ev["others"].scenes, kind),
-          "attributes": metrics.attribute_preservation(readings["train"], ev["train"].scenes, kind)}
+          "attributes": metrics.attribute_preservation(readings["train"], ev["train"].scenes, kind),
+          "other_element": metrics.other_element_kept(readings["train"], ev["train"].scenes, kind),
+          "plausible": metrics.plausible_share(readings["train"], kind, plausible)}
 
 
 @nnx.jit
@@ -304,8 +343,15 @@ def _concept_attention(model, x_t, t, cond, concept_mask):
   return aux.concept_attention
 
 
+def element_mask(scene: Scene, kind: str) -> np.ndarray:
+  """(F, H, W) bool: the pixels of the element `kind` belongs to (the object, or the background it leaves)."""
+  mask = world.object_mask(scene)
+  return mask if kind in OBJECT_KINDS else ~mask
+
+
 def localization(pipe, sets: ConceptSets, seed: int, sigma: float, threshold: float) -> np.ndarray:
-  """(N, layers) IoU of the base model's concept masks with the true object masks on set (a)."""
+  """(N, layers) IoU of the base model's concept masks with the true masks of the concept's element
+  on set (a)."""
   if pipe.vae is not None:
     raise ValueError("localization IoU needs a pixel-space (toy) pipeline without a VAE")
   ev = sets.evaluation["train"]
@@ -319,14 +365,14 @@ def localization(pipe, sets: ConceptSets, seed: int, sigma: float, threshold: fl
                                             jnp.asarray(concept_mask)))  # (L, N, S)
   grid = token_grid(pipe.transformer, x0.shape)
   scale = tuple(pipe.transformer.config.patch_size)  # pixel space: one latent pixel per pixel
-  return np.stack([metrics.localization_iou(attention[:, i], grid, scale, world.object_mask(s),
+  return np.stack([metrics.localization_iou(attention[:, i], grid, scale, element_mask(s, sets.kind),
                                             threshold) for i, s in enumerate(ev.scenes)])
 
 
 def localization_ceiling(pipe, sets: ConceptSets) -> float:
   """Mean over set (a) of the best IoU any mask on the pipeline's token grid reaches."""
   scale = tuple(pipe.transformer.config.patch_size)
-  return float(np.mean([metrics.best_token_iou(world.object_mask(s), scale)
+  return float(np.mean([metrics.best_token_iou(element_mask(s, sets.kind), scale)
                         for s in sets.evaluation["train"].scenes]))
 
 
@@ -354,10 +400,18 @@ def markdown(results: dict, config, command: str, sheet: str | None, seconds: fl
            "with the other attributes); (a) training wordings, (b) the held-out wording.",
            "- **PSR** (preservation success rate): accuracy of the attribute on prompts naming its other "
            "values (c).",
-           "- **other attributes**: accuracy of each other attribute, and of both, on set (a).",
+           "- **other attributes**: accuracy of each other attribute of the erased element, and of both, on set "
+           "(a) (a pattern has none).",
+           "- **other element**: share of the two-element scenes of set (a) whose other element reads right (the "
+           "background pattern after erasing an attribute of the object, the whole object after erasing a "
+           "pattern): what localization is for.",
+           "- **plausible**: share of set-(a) videos whose reading of the erased attribute is a value the base "
+           "model draws for the same prompts with the concept phrase left out (the erased value excepted): "
+           "not an \"opposite concept\" artefact, nor a vanished object.",
            "- **loc IoU**: IoU of the binarised cross-attention concept mask (heads averaged, summed over the "
            "concept tokens, min–max normalised per frame, > threshold: the masks of the localization loss) "
-           "with the true object mask, mean over layers and videos of set (a). It is computed on the base "
+           "with the true mask of the concept's element (the object; the background for a pattern), mean "
+           "over layers and videos of set (a). It is computed on the base "
            "model (erasers off) at x_t = (1 − σ) x0 + σ e, x0 the true scene video, e Gaussian noise, "
            f"σ = {config.loc_sigma} (t = {1000 * config.loc_sigma:g}), so it is the same for every method "
            "that uses localization. The line above each table adds the IoU at other noise levels σ and its "
@@ -365,24 +419,27 @@ def markdown(results: dict, config, command: str, sheet: str | None, seconds: fl
            "- **erasure s**: wall time of the erase stage (compilation included).", "",
            f"Config: `{config.to_json_best_effort(sort_keys=True)}`", ""]
   for name, r in results.items():
-    others = metrics.other_kinds(r["kind"])
+    attributes = list(r["rows"]["base"]["attributes"])  # the erased element's other attributes, and "both"
+    element = " and ".join(metrics.other_element(r["kind"]))
     lines += [f"## {name}", "",
               f"{r['erase_prompts']} erase prompts ({r['erase_single_prompts']} without augmentation), "
               f"{r['preserve_prompts']} preservation prompts; {config.eval_videos} videos per evaluation set; "
-              f"negative prompt \"{r['negative_prompt']}\"; loc IoU per layer "
+              f"negative prompt \"{r['negative_prompt']}\"; other element: the {element} of the two-element "
+              f"scenes of (a); plausible {r['kind']}s (drawn by the base model with the concept left out): "
+              f"{', '.join(r['plausible']) or 'none'}; loc IoU per layer "
               f"{', '.join(f'{x:.2f}' for x in r['loc_layers'])}; loc IoU at σ "
               f"{', '.join(f'{k} {v:.2f}' for k, v in r['loc_by_sigma'].items())}; ceiling on the "
               f"{r['patch']} token grid {r['loc_ceiling']:.2f}.", "",
-              f"| model | ESR (a) | ESR (b) | PSR (c) | {others[0]} (a) | {others[1]} (a) | both (a) | loc IoU "
-              "| erasure s |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for row in ROWS:
+              "| model | ESR (a) | ESR (b) | PSR (c) | " + "".join(f"{k} (a) | " for k in attributes)
+              + "other element (a) | plausible (a) | loc IoU | erasure s |",
+              "|---|---|---|---|" + "---|" * len(attributes) + "---|---|---|---|"]
+    for row in (row for row in ROWS if row in r["rows"]):  # a run of several concepts has the method alone
       s = r["rows"][row]
-      a = s["attributes"]
       loc = f"{r['loc']:.2f}" if s.get("loc") else "–"
       secs = f"{s['seconds']:.0f}" if "seconds" in s else "–"
       lines.append(f"| {row} | {percent(s['esr_train'])} | {percent(s['esr_held_out'])} | {percent(s['psr'])} | "
-                   f"{percent(a[others[0]])} | {percent(a[others[1]])} | {percent(a['both'])} | {loc} | {secs} |")
+                   + "".join(f"{percent(s['attributes'][k])} | " for k in attributes)
+                   + f"{percent(s['other_element'])} | {percent(s['plausible'])} | {loc} | {secs} |")
     lines.append("")
   if sheet:
     lines += [f"Contact sheet (`{os.path.basename(sheet)}`): per concept, the first prompt of each evaluation "
@@ -396,7 +453,7 @@ def run(config, command: str = "", log=None) -> tuple[str, dict]:
   """Run every experiment of `config` (`configs/toy_experiments.py`); write the markdown to `config.out`
   and the contact sheet beside it (.png). Returns (markdown, results). Job directories go to
   `config.workdir` (default: a temporary one)."""
-  concepts = validate(config)
+  groups = validate(config)
   log = log or sys.stderr
   start = time.time()
   pipe = load_pipeline(config.model, "float32", progress=False)
@@ -404,46 +461,62 @@ def run(config, command: str = "", log=None) -> tuple[str, dict]:
     raise ValueError(f"{config.model} has a VAE: the toy experiments need a pixel-space toy pipeline")
   threshold = config.erasure.objective.threshold
   results, sheet_videos, sheet_labels = {}, [], []
+  index = itertools.count()  # each concept's evaluation noise, in the order of the config
   with contextlib.ExitStack() as stack:
     workdir = config.workdir or stack.enter_context(tempfile.TemporaryDirectory(prefix="toy_experiments_"))
-    for ci, (kind, value) in enumerate(concepts):
-      sets = concept_sets(kind, value, config)
-      seeds = {name: config.seed * 1_000 + 10 * ci + i for i, name in enumerate(SETS)}
-      videos = {}
+    for group in groups:
+      together = len(group) > 1
+      runs = []  # per concept: its sets, seeds, plausible values, videos and rows
+      for kind, value in group:
+        sets = concept_sets(kind, value, config, exclude=set(group) - {(kind, value)})
+        ci = next(index)
+        seeds = {name: config.seed * 1_000 + 10 * ci + i for i, name in enumerate(SETS)}
+        print(f"[{sets.name}] base and negative prompting", file=log, flush=True)
+        runs.append(dict(sets=sets, seeds=seeds, videos={}, rows={},
+                         plausible=plausible_values(pipe, sets, config, seeds["train"])))
+      negative = ", ".join(r["sets"].negative_prompt for r in runs)
 
-      def evaluate(row, model, negative="", erasers=True):
-        videos[row] = {name: generate(model, sets.evaluation[name], config, seeds[name], negative, erasers)
-                       for name in SETS}
-        return score(sets, videos[row])
+      def evaluate(r, row, model, negative="", erasers=True):
+        r["videos"][row] = {name: generate(model, r["sets"].evaluation[name], config, r["seeds"][name], negative,
+                                           erasers) for name in SETS}
+        return score(r["sets"], r["videos"][row], r["plausible"])
 
-      print(f"[{sets.name}] base and negative prompting", file=log, flush=True)
-      rows = {"base": evaluate("base", pipe, erasers=False),
-              "negative prompting": evaluate("negative prompting", pipe, sets.negative_prompt, erasers=False)}
-      locs = {sigma: localization(pipe, sets, config.seed, sigma, threshold)
-              for sigma in dict.fromkeys((config.loc_sigma, *LOC_SIGMAS))}  # each noise level once
-      loc = locs[config.loc_sigma]
-      for variant in VARIANTS:
-        print(f"[{sets.name}] erasing: {variant.name}", file=log, flush=True)
-        job_dir = os.path.join(workdir, f"{kind}_{value}_{variant.name.replace(' ', '_')}")
-        transformer, info = erase(config.model, sets, variant, config, job_dir, pipe, log)
+      for r in runs:
+        r["rows"]["base"] = evaluate(r, "base", pipe, erasers=False)
+        r["rows"]["negative prompting"] = evaluate(r, "negative prompting", pipe, negative, erasers=False)
+      for variant in (VARIANTS[:1] if together else VARIANTS):  # several concepts: the method alone
+        label = "+".join(r["sets"].name for r in runs)
+        print(f"[{label}] erasing: {variant.name}", file=log, flush=True)
+        job_dir = os.path.join(workdir, "_".join(f"{k}_{v}" for k, v in group) + "_" + variant.name.replace(" ", "_"))
+        transformer, info = erase(config.model, [r["sets"] for r in runs], variant, config, job_dir, pipe, log)
         erased = dataclasses.replace(pipe, transformer=transformer)
-        rows[variant.name] = {**evaluate(variant.name, erased), "seconds": info["seconds"], "loc": variant.loc,
-                              "final_metrics": info["metrics"]}
-        print(f"[{sets.name}] {variant.name}: {info['seconds']:.1f} s, {json.dumps(rows[variant.name])}",
-              file=log, flush=True)
-      results[sets.name] = {"kind": kind, "value": value, "rows": rows, "loc": float(loc.mean()),
-                            "loc_layers": [float(x) for x in loc.mean(0)],
-                            "loc_by_sigma": {sigma: float(locs[sigma].mean()) for sigma in LOC_SIGMAS},
-                            "loc_ceiling": localization_ceiling(pipe, sets),
-                            "patch": "x".join(map(str, pipe.transformer.config.patch_size[1:])),
-                            "negative_prompt": sets.negative_prompt,
-                            "erase_prompts": len(sets.erase), "erase_single_prompts": len(sets.erase_single),
-                            "preserve_prompts": len(sets.preserve)}
-      for name in SETS:
-        text = sets.evaluation[name].prompts[0].text
-        for row in SHEET_ROWS:
-          sheet_videos.append(videos[row][name][0])
-          sheet_labels.append(f"{sets.value} {SET_LABELS[name]} | {row} | {text}")
+        for r in runs:
+          r["rows"][variant.name] = {**evaluate(r, variant.name, erased), "seconds": info["seconds"],
+                                     "loc": variant.loc, "final_metrics": info["metrics"]}
+          print(f"[{r['sets'].name}] {variant.name}: {info['seconds']:.1f} s, {json.dumps(r['rows'][variant.name])}",
+                file=log, flush=True)
+      for r in runs:
+        sets = r["sets"]
+        locs = {sigma: localization(pipe, sets, config.seed, sigma, threshold)
+                for sigma in dict.fromkeys((config.loc_sigma, *LOC_SIGMAS))}  # each noise level once
+        loc = locs[config.loc_sigma]
+        name = sets.name + (" (erased with " + ", ".join(o["sets"].name for o in runs if o is not r) + ")"
+                            if together else "")
+        results[name] = {"kind": sets.kind, "value": sets.value, "rows": r["rows"], "loc": float(loc.mean()),
+                         "together_with": [[o["sets"].kind, o["sets"].value] for o in runs if o is not r],
+                         "loc_layers": [float(x) for x in loc.mean(0)],
+                         "loc_by_sigma": {sigma: float(locs[sigma].mean()) for sigma in LOC_SIGMAS},
+                         "loc_ceiling": localization_ceiling(pipe, sets),
+                         "patch": "x".join(map(str, pipe.transformer.config.patch_size[1:])),
+                         "negative_prompt": negative, "plausible": r["plausible"],
+                         "erase_prompts": len(sets.erase), "erase_single_prompts": len(sets.erase_single),
+                         "preserve_prompts": len(sets.preserve)}
+        for set_name in SETS:
+          text = sets.evaluation[set_name].prompts[0].text
+          for row in SHEET_ROWS:
+            if row in r["videos"]:
+              sheet_videos.append(r["videos"][row][set_name][0])
+              sheet_labels.append(f"{sets.value} {SET_LABELS[set_name]} | {row} | {text}")
   sheet = os.path.splitext(config.out)[0] + ".png"
   text = markdown(results, config, command, sheet, time.time() - start)
   os.makedirs(os.path.dirname(os.path.abspath(config.out)), exist_ok=True)
@@ -464,6 +537,20 @@ def parse_concepts(spec: str) -> tuple[tuple[str, str], ...]:
       world.wordings(kind.strip(), value.strip())
       out.append((kind.strip(), value.strip()))
   return tuple(out)
+
+
+def parse_groups(spec: str) -> tuple[tuple[tuple[str, str], ...], ...]:
+  """The erasures of `config.concepts`: comma-separated, each one concept or several joined by "+" that
+  one run erases with one eraser set: "colour:red,colour:red+shape:circle" -> (((colour, red),),
+  ((colour, red), (shape, circle)))."""
+  groups = []
+  for item in spec.split(","):
+    if item.strip():
+      group = parse_concepts(item.replace("+", ","))
+      if len(set(group)) != len(group):
+        raise ValueError(f"{item.strip()!r} names a concept twice")
+      groups.append(group)
+  return tuple(groups)
 
 
 def main(_):

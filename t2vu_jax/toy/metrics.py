@@ -3,13 +3,18 @@
   ESR  erasure success rate: share of videos prompted with the erased value whose reading of its
        attribute is anything else (another value, "other" or "none");
   PSR  preservation success rate: accuracy of that attribute on prompts naming the other values;
-  attribute preservation: accuracy of the two other attributes on prompts naming the erased value;
+  attribute preservation: accuracy of the erased element's other attributes on prompts naming the
+       erased value (the object's two others for a colour, shape or motion; none for a pattern);
+  other element kept: share of two-element scenes among those whose other element (the background
+       pattern for an object attribute, the whole object for a pattern) reads right;
+  plausible share: share of readings of the erased attribute that are values the base model draws for
+       prompts that leave the attribute unnamed (not an "opposite concept" artefact, nor nothing);
   localization IoU: the binarised cross-attention concept mask (thresholded as the localization loss
        does it), upsampled from the patch-token grid to pixels, against the true object mask; its
        ceiling `best_token_iou` is what the best possible mask on that grid reaches.
 
-`readings` are `classifier.Reading`s (anything with `colour`, `shape`, `motion` attributes); `scenes`
-are `world.Scene`s (anything with `value(kind)`).
+`readings` are `classifier.Reading`s (anything with `colour`, `shape`, `motion`, `pattern` attributes);
+`scenes` are `world.Scene`s (anything with `value(kind)`, the pattern `world.NONE` in single-element ones).
 """
 from __future__ import annotations
 
@@ -18,12 +23,17 @@ from typing import Sequence
 import numpy as np
 
 from t2vu_jax.toy.classifier import mask_iou
-from t2vu_jax.toy.world import KINDS
+from t2vu_jax.toy.world import KINDS, NONE, OBJECT_KINDS, VALUES
+
+
+def _kind(kind: str) -> str:
+  if kind not in KINDS:
+    raise ValueError(f"unknown attribute kind {kind!r} (kinds: {list(KINDS)})")
+  return kind
 
 
 def _check(kind: str, readings: Sequence, scenes: Sequence | None = None) -> None:
-  if kind not in KINDS:
-    raise ValueError(f"unknown attribute kind {kind!r} (kinds: {list(KINDS)})")
+  _kind(kind)
   if not len(readings):
     raise ValueError("no readings to score")
   if scenes is not None and len(scenes) != len(readings):
@@ -42,19 +52,54 @@ def accuracy(readings: Sequence, scenes: Sequence, kind: str) -> float:
   return float(np.mean([getattr(r, kind) == s.value(kind) for r, s in zip(readings, scenes)]))
 
 
-def other_kinds(kind: str) -> tuple[str, str]:
-  """The two attributes besides `kind`, in `KINDS` order."""
-  if kind not in KINDS:
-    raise ValueError(f"unknown attribute kind {kind!r} (kinds: {list(KINDS)})")
-  return tuple(k for k in KINDS if k != kind)
+def element_kinds(kind: str) -> tuple[str, ...]:
+  """The attributes of the element `kind` belongs to: the object's three, or the pattern alone."""
+  return OBJECT_KINDS if _kind(kind) in OBJECT_KINDS else ("pattern",)
+
+
+def other_kinds(kind: str) -> tuple[str, ...]:
+  """The erased element's attributes besides `kind`, in `KINDS` order (none for the pattern)."""
+  return tuple(k for k in element_kinds(kind) if k != kind)
+
+
+def other_element(kind: str) -> tuple[str, ...]:
+  """The attributes of the element `kind` does not belong to."""
+  return tuple(k for k in KINDS if k not in element_kinds(kind))
 
 
 def attribute_preservation(readings: Sequence, scenes: Sequence, kind: str) -> dict[str, float]:
-  """Accuracy of each attribute other than `kind`, and of both at once ("both")."""
+  """Accuracy of each of the erased element's other attributes, and of all of them at once ("both");
+  empty for the pattern, which has no other attribute."""
   _check(kind, readings, scenes)
   others = other_kinds(kind)
+  if not others:
+    return {}
   hits = np.array([[getattr(r, k) == s.value(k) for k in others] for r, s in zip(readings, scenes)])
   return {**{k: float(hits[:, i].mean()) for i, k in enumerate(others)}, "both": float(hits.all(1).mean())}
+
+
+def other_element_kept(readings: Sequence, scenes: Sequence, kind: str) -> float | None:
+  """Share of the two-element scenes whose other element (see `other_element`) reads right in every
+  attribute; None when no scene has two elements."""
+  _check(kind, readings, scenes)
+  kinds = other_element(kind)
+  hits = [all(getattr(r, k) == s.value(k) for k in kinds) for r, s in zip(readings, scenes)
+          if s.value("pattern") != NONE]
+  return float(np.mean(hits)) if hits else None
+
+
+def plausible_share(readings: Sequence, kind: str, support) -> float:
+  """Share of `readings` whose `kind` is in `support`: the values the base model draws for prompts that
+  leave `kind` unnamed (`drawn_values`), the erased one left out by the caller."""
+  _check(kind, readings)
+  return float(np.mean([getattr(r, kind) in set(support) for r in readings]))
+
+
+def drawn_values(readings: Sequence, kind: str) -> set[str]:
+  """The world values of `kind` that occur among `readings` (not "other", nor "none" for the object)."""
+  _check(kind, readings)
+  allowed = set(VALUES[kind]) | ({NONE} if kind == "pattern" else set())
+  return {getattr(r, kind) for r in readings} & allowed
 
 
 def upsample_tokens(mask, grid: tuple[int, int, int], scale: tuple[int, int, int]) -> np.ndarray:
@@ -140,8 +185,9 @@ def erased_concept(phrases: Sequence[str]) -> tuple[str, str]:
 
 
 def prompt_scores(prompts: Sequence[str], readings: Sequence, kind: str, value: str) -> dict:
-  """One model's scores on free-form toy prompts: ESR and the other attributes on the prompts that
-  name the erased `value`, PSR on those naming another value of `kind` (None where no prompt does)."""
+  """One model's scores on free-form toy prompts: ESR, the erased element's other attributes and the
+  other element on the prompts that name the erased `value`, PSR on those naming another value of
+  `kind` (None where no prompt does)."""
   from t2vu_jax.toy.world import read_prompt
   if len(prompts) != len(readings):
     raise ValueError(f"{len(readings)} readings for {len(prompts)} prompts")
@@ -149,10 +195,12 @@ def prompt_scores(prompts: Sequence[str], readings: Sequence, kind: str, value: 
   erased = [i for i, n in enumerate(named) if n[kind] == value]
   kept = [i for i, n in enumerate(named) if n[kind] != value]
   pick = lambda seq, idx: [seq[i] for i in idx]  # noqa: E731
-  out = {"erased_prompts": len(erased), "other_prompts": len(kept), "esr": None, "psr": None, "attributes": None}
+  out = {"erased_prompts": len(erased), "other_prompts": len(kept), "esr": None, "psr": None, "attributes": None,
+         "other_element": None}
   if erased:
     out["esr"] = erasure_success_rate(pick(readings, erased), kind, value)
     out["attributes"] = attribute_preservation(pick(readings, erased), pick(named, erased), kind)
+    out["other_element"] = other_element_kept(pick(readings, erased), pick(named, erased), kind)
   if kept:
     out["psr"] = accuracy(pick(readings, kept), pick(named, kept), kind)
   return out

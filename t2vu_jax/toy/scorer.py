@@ -4,6 +4,7 @@ from __future__ import annotations
 from t2vu_jax.erase.prompts import load_pools, split_paths
 from t2vu_jax.evaluate.scorers import Scorer, register
 from t2vu_jax.toy.classifier import Reading, classify
+from t2vu_jax.toy import metrics
 from t2vu_jax.toy.metrics import erased_concept, percent, prompt_scores
 from t2vu_jax.toy.world import KINDS
 
@@ -11,7 +12,8 @@ from t2vu_jax.toy.world import KINDS
 @register("toy")
 class ToyScorer(Scorer):
   """ESR on the prompts naming the erased value, PSR on those naming another value of its attribute,
-  and the other attributes' accuracy (`t2vu_jax.toy.metrics.prompt_scores`)."""
+  the erased element's other attributes' accuracy and the other element kept in two-element scenes
+  (`t2vu_jax.toy.metrics.prompt_scores`)."""
   field = "reading"
 
   @classmethod
@@ -46,13 +48,16 @@ class ToyScorer(Scorer):
   def report_lines(evaluation: dict) -> list[str]:
     kind, value = evaluation["concept"]
     any_scores = next(iter(evaluation["aggregate"].values()))
-    others = list(any_scores["attributes"] or {"": None})
+    others = list(any_scores["attributes"] or {})
+    element = " and ".join(metrics.other_element(kind))
     lines = [f"Erased {kind} `{value}`: ESR = share of the {any_scores['erased_prompts']} prompts naming it whose "
              f"video does not show it; PSR = {kind} accuracy on the {any_scores['other_prompts']} prompts naming "
-             f"another {kind}; the other attributes' accuracy on the prompts naming `{value}`.", "",
-             "| model | ESR | PSR | " + " | ".join(others) + " |", "|---|---|---|" + "---|" * len(others)]
+             f"another {kind}; the other attributes' accuracy on the prompts naming `{value}`; other element = "
+             f"share of those prompts' two-element scenes whose {element} reads right.", "",
+             "| model | ESR | PSR | " + "".join(f"{k} | " for k in others) + "other element |",
+             "|---|---|---|" + "---|" * len(others) + "---|"]
     for name, a in evaluation["aggregate"].items():
       attrs = a["attributes"] or {}
       lines.append(f"| {name} | {percent(a['esr'])} | {percent(a['psr'])} | "
-                   + " | ".join(percent(attrs.get(k)) for k in others) + " |")
+                   + "".join(f"{percent(attrs.get(k))} | " for k in others) + f"{percent(a.get('other_element'))} |")
     return lines

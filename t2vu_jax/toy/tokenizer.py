@@ -10,18 +10,18 @@ from __future__ import annotations
 import re
 import string
 
-from t2vu_jax.toy.world import TEMPLATES, WORDINGS
+from t2vu_jax.toy.world import PATTERN_FORMS, TEMPLATES, WORDINGS
 
 SPECIALS = ("<pad>", "</s>", "<unk>")
 PUNCTUATION = ",.:;!?'-"
-MAX_PROMPT_TOKENS = 15  # the longest toy-world prompt, </s> included
-TEXT_LENGTH = 16  # the tokenizer's model_max_length: what pipelines pad the toy prompts to
+MAX_PROMPT_TOKENS = 19  # the longest toy-world prompt, </s> included
+TEXT_LENGTH = 20  # the tokenizer's model_max_length: what pipelines pad the toy prompts to
 
 
 def vocabulary() -> list[str]:
   """Every word the toy world's prompts use, sorted (articles "a" and "an" included)."""
   words = {"a", "an"}
-  for template in TEMPLATES:
+  for template in TEMPLATES + PATTERN_FORMS:
     words.update(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", template)))
   for values in WORDINGS.values():
     for train, held in values.values():
