@@ -88,7 +88,9 @@ def test_check_candidate_keeps_valid_rewrites_and_names_each_rejection():
   assert A.check_candidate('""', "car", seen) == (None, "empty")
   assert A.check_candidate("A blue car waits.\nThe camera pans.", "car", seen) == (None, "more than one line")
   assert A.check_candidate("A bus waits at the stop.", "car", seen) == (None, "concept missing")
-  assert A.check_candidate("A man in a scarf drives a car.", "car", seen) == (None, "concept inside a word")
+  assert A.check_candidate("A man in a scarf drives a van.", "car", seen) == (None, "concept inside a word")
+  # The whole word is found past "scarf", so the candidate is kept.
+  assert A.check_candidate("A man in a scarf drives a car.", "car", seen) == ("A man in a scarf drives a car.", None)
   assert A.check_candidate("Taylor Swift reads in a cafe.", "Taylor Swift", seen)[1] is None
   assert A.check_candidate("Taylor sings swiftly.", "Taylor Swift", seen) == (None, "concept missing")
 
