@@ -75,12 +75,13 @@ def test_bad_experiments_configs_are_refused_before_any_model_loads(field, value
 
 def test_experiments_config_defaults_and_quick():
   config = toy_experiments.get_config()
-  assert experiments.validate(config) == (("colour", "red"), ("shape", "circle"))
+  assert experiments.validate(config) == ((("colour", "red"),), (("shape", "circle"),))  # one erasure each
   sizes = experiments.PromptSetSizes()
   assert {f.name: config[f.name] for f in dataclasses.fields(sizes)} == dataclasses.asdict(sizes)
   assert config.erasure.stages == "load,encode,erase"
   quick = toy_experiments.get_config("quick")
-  assert experiments.validate(quick) == (("colour", "red"),) and quick.erasure.optim.total_steps == 1
+  assert experiments.validate(quick) == ((("colour", "red"),), (("colour", "blue"), ("shape", "cross")))
+  assert quick.erasure.optim.total_steps == 1
   with pytest.raises(ValueError, match="'quick'"):
     toy_experiments.get_config("fast")
 

@@ -16,11 +16,11 @@ smaller than `MIN_BLOB` pixels (noise). Then:
           else the dominant axis, or "other" when the motion is diagonal (minor axis > half the major);
   pattern: the pixels whose brightness above their frame's grey, averaged over the frames where they are
           background (not within a pixel of a candidate), exceeds half the pattern's contrast, against
-          each pattern's pixels: the pattern (or `NONE` for a plain
-          background) that agrees on the largest share, or "other" when that is below `MIN_PATTERN`.
+          each pattern's pixels: the pattern (or `NONE` for a plain background) that agrees on the
+          largest share, or "other" when that is below `MIN_PATTERN`.
 With no object visible in any frame, colour, shape and motion are all "none": what a video whose whole
-object was erased looks like (an object fainter than half its colour's contrast with the background
-counts as absent). Motion is "none" too when the object is visible in a single frame.
+object was erased looks like (an object nearer than `FOREGROUND` to the background counts as absent);
+the pattern is still read. Motion is "none" too when the object is visible in a single frame.
 
 Value ranges: uint8 arrays are read as [0, 255]; float arrays as [-1, 1] (the model's convention, what
 `world.render` returns) unless `value_range` says otherwise, e.g. (0, 1) for the pipeline's float

@@ -234,7 +234,7 @@ def pattern_mask(pattern: str | None, size: int = SIZE, width: int | None = None
 
 def levels(frames: int = FRAMES) -> np.ndarray:
   """(frames,) grey level of the plain background in each frame: the same step every frame."""
-  _check_size(frames, SIZE)
+  _check_size(frames, SIZE)  # frames only; any valid size
   return np.linspace(*LEVELS, frames) if frames > 1 else np.array(LEVELS[:1])
 
 
