@@ -22,7 +22,8 @@ from flax import nnx
 from t2vu_jax.toy import metrics, world
 
 SIGMAS = (0.95, 0.9, 0.8, 0.6, 0.4, 0.2)
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up", "still": "still"}
+OPPOSITE = {m: next(o for o, (ox, oy) in world.MOTIONS.items() if (ox, oy) == (-dx, -dy))
+            for m, (dx, dy) in world.MOTIONS.items()}  # "still" is its own opposite
 
 
 def reversed_track(scene: world.Scene, frames: int = world.FRAMES) -> world.Scene:

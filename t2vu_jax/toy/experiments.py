@@ -48,7 +48,7 @@ from t2vu_jax.pipeline import load_pipeline
 from t2vu_jax.toy import metrics, world
 from t2vu_jax.toy.classifier import classify_batch
 from t2vu_jax.toy.metrics import percent
-from t2vu_jax.toy.world import KINDS, OBJECT_KINDS, PATTERN_FORMS, PATTERN_SHARE, TEMPLATES, VALUES, Scene
+from t2vu_jax.toy.world import KINDS, OBJECT_KINDS, PATTERN_SHARE, TEMPLATES, VALUES, Scene
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +125,9 @@ def random_scene(rng: np.random.Generator, fixed: dict[str, str], frames: int = 
 
 def _training_prompt(rng: np.random.Generator, scene: Scene, template: int, **phrases: str) -> world.Prompt:
   """A prompt of `scene` in object template `template` with training wordings (or the given `phrases`)."""
-  out = {}
-  for kind in scene.kinds:
-    options = world.wordings(kind, scene.value(kind), held_out=False)
-    out[kind] = options[rng.integers(len(options))]
-  form = int(rng.integers(len(PATTERN_FORMS))) if scene.pattern else None
-  return world.compose(template, {**out, **phrases}, form)
+  p = world.prompt(scene, rng, held_out=False, template=template)
+  drawn = {k: p.phrase(k) for k in scene.kinds}
+  return world.compose(template, {**drawn, **phrases}, p.form)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,12 +296,12 @@ def erase(model_dir: str, group: Sequence[ConceptSets], variant: Variant, config
 # -- evaluation --------------------------------------------------------------------------------------
 
 
-def generate(pipe, evalset: EvalSet, config, seed: int, negative_prompt: str = "",
+def generate(pipe, texts: Sequence[str], config, seed: int, negative_prompt: str = "",
              erasers: bool = True) -> np.ndarray:
-  """Float frames (N, F, H, W, 3) in [0, 1] of an evaluation set, from the noise of `seed`, sampled as
-  the erasure run config's evaluation samples."""
+  """Float frames (N, F, H, W, 3) in [0, 1] of prompts `texts`, from the noise of `seed`, sampled as the
+  erasure run config's evaluation samples."""
   ev = config.erasure.eval
-  return pipe.generate(evalset.texts, negative_prompt=negative_prompt, height=world.SIZE, width=world.SIZE,
+  return pipe.generate(list(texts), negative_prompt=negative_prompt, height=world.SIZE, width=world.SIZE,
                        num_frames=world.FRAMES, steps=ev.steps, guidance=ev.guidance,
                        seed=seed, output="float", progress=False, erasers=erasers)
 
@@ -318,8 +315,7 @@ def anchor_texts(sets: ConceptSets) -> list[str]:
 def plausible_values(pipe, sets: ConceptSets, config, seed: int) -> list[str]:
   """The values of the concept's kind, the erased one excepted, that the base model draws for
   `anchor_texts` (from the noise of set (a))."""
-  anchors = EvalSet(tuple(world.Prompt(t, (None,) * len(KINDS), 0) for t in anchor_texts(sets)), ())
-  readings = classify_batch(generate(pipe, anchors, config, seed, erasers=False), value_range=(0, 1))
+  readings = classify_batch(generate(pipe, anchor_texts(sets), config, seed, erasers=False), value_range=(0, 1))
   return sorted(metrics.drawn_values(readings, sets.kind) - {sets.value})
 
 
@@ -477,7 +473,7 @@ def run(config, command: str = "", log=None) -> tuple[str, dict]:
       negative = ", ".join(r["sets"].negative_prompt for r in runs)
 
       def evaluate(r, row, model, negative="", erasers=True):
-        r["videos"][row] = {name: generate(model, r["sets"].evaluation[name], config, r["seeds"][name], negative,
+        r["videos"][row] = {name: generate(model, r["sets"].evaluation[name].texts, config, r["seeds"][name], negative,
                                            erasers) for name in SETS}
         return score(r["sets"], r["videos"][row], r["plausible"])
 

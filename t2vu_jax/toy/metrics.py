@@ -92,7 +92,8 @@ def plausible_share(readings: Sequence, kind: str, support) -> float:
   """Share of `readings` whose `kind` is in `support`: the values the base model draws for prompts that
   leave `kind` unnamed (`drawn_values`), the erased one left out by the caller."""
   _check(kind, readings)
-  return float(np.mean([getattr(r, kind) in set(support) for r in readings]))
+  support = set(support)
+  return float(np.mean([getattr(r, kind) in support for r in readings]))
 
 
 def drawn_values(readings: Sequence, kind: str) -> set[str]:
