@@ -16,7 +16,7 @@ import os
 import ml_collections
 
 from configs import toy
-from t2vu_jax.toy.experiments import PromptSetSizes
+from t2vu_jax.toy.experiments import VARIANTS, PromptSetSizes
 
 
 def get_config(arg: str = ""):
@@ -26,6 +26,7 @@ def get_config(arg: str = ""):
   c.workdir = ""                   # keep the erasure job directories here (default: a temporary directory)
   # kind:value, comma-separated, one erasure each; "a+b" erases several in one run (one eraser set)
   c.concepts = "colour:red,shape:circle"
+  c.variants = ",".join(VARIANTS)  # erasure rows, comma-separated names of `experiments.VARIANTS`
   c.update(dataclasses.asdict(PromptSetSizes()))  # seed, erase_per_wording, preserve_per_value, eval_videos
   c.loc_sigma = 0.5                # noise level of the localization IoU column
   c.sheet_scale = 6

@@ -158,6 +158,38 @@ def test_prompt_anchor_matches_the_torch_reference(save_diffusers_transformer):
   assert abs(float(empty["l_u"]) - ref["l_u"]) > 1e-3 * ref["l_u"]
 
 
+def test_guidance_below_sigma_min_lands_on_the_anchor(save_diffusers_transformer):
+  """With guidance_sigma_min between the batch's two sigmas (0.7, 0.13) the low-noise point's target is
+  v_a and the high-noise one keeps its negative guidance: loss and gradients match the reference."""
+  torch_model, path = save_diffusers_transformer(TINY)
+  erasers = TorchErasers(torch_model, "adapter", "cross_attn", rank=4)
+  values = eraser_values(erasers)
+  erasers.set_params({k: v.copy() for k, v in values.items()})
+  hyper = dict(eta=1.5, lambda_loc=0.0, lambda_pre=0.0, threshold=0.1)
+  batch = make_batch(TINY, preserve=False)
+  ref = erasure_objective(torch_model, erasers, batch, **hyper, guidance_sigma_min=0.5)
+  model = ours_with(path, "adapter", "cross_attn", 4, values)
+  ours_batch = ErasureBatch(**{k: jnp.asarray(v.numpy()) for k, v in batch.items()})
+  cfg = ObjectiveConfig(**hyper, guidance_sigma_min=0.5)
+  (_, metrics), grads = nnx.value_and_grad(lambda m: erasure_loss(m, ours_batch, cfg),
+                                           argnums=nnx.DiffState(0, EraserParam), has_aux=True)(model)
+  np.testing.assert_allclose(float(metrics["l_u"]), ref["l_u"], rtol=1e-4)
+  flat = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(grads)}
+  for name, expected in ref["grads"].items():
+    np.testing.assert_allclose(np.asarray(flat[f"erasers/{name}"][...]), expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max(), err_msg=name)
+  # Per point: the low-noise one matches v_a alone, the high-noise one the guided target.
+  v_on = model(ours_batch.x_t, ours_batch.t, ours_batch.cond)
+  v_a = model(ours_batch.x_t, ours_batch.t, ours_batch.uncond, erasers=False)
+  v_c = model(ours_batch.x_t, ours_batch.t, ours_batch.cond, erasers=False)
+  per_point = [jnp.mean((v_on[0] - (v_a[0] - 1.5 * (v_c[0] - v_a[0]))) ** 2), jnp.mean((v_on[1] - v_a[1]) ** 2)]
+  np.testing.assert_allclose(float(metrics["l_u"]), float(np.mean(per_point)), rtol=1e-5)
+  with pytest.raises(ValueError, match="guidance_sigma_min must be in"):
+    ObjectiveConfig(guidance_sigma_min=1.5)
+  with pytest.raises(ValueError, match="needs the training points' sigma"):
+    erasure_loss(model, ours_batch._replace(sigma=None), cfg)
+
+
 def test_anchor_setting_and_batch_must_agree(save_diffusers_transformer):
   _, path = save_diffusers_transformer(TINY)
   model = t2vu_jax.load_transformer(path, "float32", progress=False)

@@ -61,6 +61,8 @@ def test_the_toy_scorer_refuses_a_run_that_is_not_a_toy_run():
     ("concepts", "colour=red", "not kind:value"), ("concepts", "", "no concept"),
     ("concepts", "colour:teal", "teal"), ("eval_videos", 0, "eval_videos must be >= 1"),
     ("loc_sigma", 1.5, "loc_sigma must be in"), ("erasure.eraser.rank", 0, r"config\.erasure\.eraser: .*rank"),
+    ("variants", "full,no masks", r"config\.variants: unknown row\(s\) \['no masks'\]"),
+    ("variants", " , ", "no erasure row"),
 ])
 def test_bad_experiments_configs_are_refused_before_any_model_loads(field, value, message):
   config = toy_experiments.get_config()
@@ -75,12 +77,14 @@ def test_bad_experiments_configs_are_refused_before_any_model_loads(field, value
 
 def test_experiments_config_defaults_and_quick():
   config = toy_experiments.get_config()
-  assert experiments.validate(config) == ((("colour", "red"),), (("shape", "circle"),))  # one erasure each
+  groups, variants = experiments.validate(config)
+  assert groups == ((("colour", "red"),), (("shape", "circle"),))  # one erasure each
+  assert variants == tuple(experiments.VARIANTS.values())  # every row by default
   sizes = experiments.PromptSetSizes()
   assert {f.name: config[f.name] for f in dataclasses.fields(sizes)} == dataclasses.asdict(sizes)
   assert config.erasure.stages == "load,encode,erase"
   quick = toy_experiments.get_config("quick")
-  assert experiments.validate(quick) == ((("colour", "red"),), (("colour", "blue"), ("shape", "cross")))
+  assert experiments.validate(quick)[0] == ((("colour", "red"),), (("colour", "blue"), ("shape", "cross")))
   assert quick.erasure.optim.total_steps == 1
   with pytest.raises(ValueError, match="'quick'"):
     toy_experiments.get_config("fast")

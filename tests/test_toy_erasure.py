@@ -8,6 +8,12 @@ do, with margins a broken objective cannot meet:
   * PSR drops by <= 15 points. Erasers that wipe out every object or every colour (an objective
     without the concept's conditioning, a preservation term that does nothing while η pushes away
     from everything) fail the prompts naming the other colours.
+  * The other element (the background pattern of the two-element scenes of red prompts) is kept at most
+    15 points less often than by the base model, and the red object's shape at most 50 points less
+    often. A blunt erasure fails both: the paper's ∅ target kept the pattern in 5% of these scenes
+    (base 27%) and the shape in 12% (base 90%), since it steers red prompts toward a prompt that names
+    neither; the default's prompt anchor keeps them (35% and 50%, bases 35% and 88%, in the 60-prompt
+    default run).
 """
 import json
 import os
@@ -36,6 +42,8 @@ def test_run_py_toy_default_erases_red_and_keeps_the_other_colours(tmp_path):
   assert base["esr"] <= 0.2, base  # the base model does follow "red"
   assert erased["esr"] >= base["esr"] + 0.6, (base, erased)
   assert erased["psr"] >= base["psr"] - 0.15, (base, erased)
+  assert erased["other_element"] >= base["other_element"] - 0.15, (base, erased)
+  assert erased["attributes"]["shape"] >= base["attributes"]["shape"] - 0.5, (base, erased)
   assert "| erased |" in (run / "report.md").read_text()
 
   # The evaluation CLI re-evaluates the finished run from its config and checkpoint.

@@ -55,9 +55,16 @@ def test_prompt_sets(kind, value):
 
 
 def test_variant_configs():
-  config = E.erasure_config(toy_experiments.get_config(), E.VARIANTS[1], "/m", "/w/run", "/w/e.jsonl", None,
+  experiments = toy_experiments.get_config()
+  config = E.erasure_config(experiments, E.VARIANTS["no localization"], "/m", "/w/run", "/w/e.jsonl", None,
                             "unipc", 1.0)
   assert config.objective.lambda_loc == 0.0 and config.objective.lambda_pre == 1.0
+  for field in ("anchor", "eta", "guidance_sigma_min", "threshold"):  # the rest is the config's method
+    assert config.objective[field] == experiments.erasure.objective[field], field
+  paper = E.erasure_config(experiments, E.VARIANTS["paper target"], "/m", "/w/run", "/w/e.jsonl", "/w/p.jsonl",
+                           "unipc", 1.0).objective  # the paper's ∅ target at every noise level, whatever the default
+  assert (paper.anchor, paper.eta, paper.guidance_sigma_min) == ("empty", 1.0, 0.0)
+  assert paper.lambda_loc == paper.lambda_pre == 1.0
   assert config.prompts.preserve == "" and config.stages == "load,encode,erase"
   assert (config.video.frames, config.video.height, config.video.width) == (world.FRAMES, world.SIZE, world.SIZE)
   assert E.parse_concepts("colour:red, shape:circle") == (("colour", "red"), ("shape", "circle"))
@@ -102,10 +109,10 @@ def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
   assert "## shape: cross (erased with colour: blue)" in text
   _, ph, pw = P.TOY_WAN.patch_size
   assert "loc IoU at σ 0.3 " in text and f"ceiling on the {ph}x{pw} token grid 0." in text
-  for variant in E.VARIANTS:  # every erasure ran its job to the end
-    assert (jobs / f"colour_red_{variant.name.replace(' ', '_')}" / "stages" / "erase").exists()
+  for variant in E.VARIANTS:  # every erasure ran its job to the end (names with spaces as underscores)
+    assert (jobs / f"colour_red_{variant.replace(' ', '_')}" / "stages" / "erase").exists()
   assert (jobs / "colour_blue_shape_cross_full" / "stages" / "erase").exists()
-  rows = len(E.SETS) * (len(E.SHEET_ROWS) + 2 * (len(E.SHEET_ROWS) - 1))  # no prompt-anchor row for blue, cross
+  rows = len(E.SETS) * (len(E.SHEET_ROWS) + 2 * (len(E.SHEET_ROWS) - 1))  # no paper-target row for blue, cross
   assert Image.open(out.with_suffix(".png")).size == sheet_size([(5, 16, 16, 3)] * rows, QUICK.sheet_scale)
   # Rerun in the kept workdir: the finished erasures are read back, not redone.
   again = subprocess.run(run.args, env=env, cwd=ROOT, capture_output=True, text=True)

@@ -212,7 +212,7 @@ def localization_loss(outputs, masks):
 
 
 def erasure_objective(model, erasers, batch, *, eta, lambda_loc, lambda_pre, threshold=0.1,
-                      sigma_weighting=False):
+                      sigma_weighting=False, guidance_sigma_min=0.0):
   """L = L_u + lambda_loc L_loc + lambda_pre L_pre, and its gradients w.r.t. the eraser parameters.
 
   batch: x_t (B,C,F,H,W), t (B,), sigma (B,) (only read with sigma_weighting), cond / uncond (B,L,text_dim),
@@ -235,7 +235,8 @@ def erasure_objective(model, erasers, batch, *, eta, lambda_loc, lambda_pre, thr
       v_cond = velocity(model, x_t, cond, t)
   attn_concept = [maps[l] for l in range(n_layers)]
   masks = [localization_mask(a, grid, threshold) for a in attn_concept]
-  target = v_anchor - eta * (v_cond - v_anchor)
+  eta_b = torch.tensor([eta if float(s) >= guidance_sigma_min else 0.0 for s in batch["sigma"]])
+  target = v_anchor - eta_b.reshape(-1, *([1] * (v_anchor.ndim - 1))) * (v_cond - v_anchor)
 
   erasers.outputs = {}
   v_on = velocity(model, x_t, cond, t)

@@ -1,6 +1,6 @@
 """The T2VUnlearning objective (DESIGN §5): negatively guided target, localization, preservation.
 
-With the erasers off, v_a = v(x_t, a, t) and v_c = v(x_t, c, t); the target is v_a − η(v_c − v_a) and
+With the erasers off, v_a = v(x_t, a, t) and v_c = v(x_t, c, t); the target is v_a − η_σ(v_c − v_a) and
   L_u   = mean(w · (v′(x_t, c, t) − target)²)           (w = 1, or σ_t² per sample)
   L_loc = mean_l,b [ Σ_s mean_d(o_l²)(1 − M_l) / (Σ_s (1 − M_l) + 1e-9) ]
   L_pre = mean((v′(x_pre, c_pre, t_pre) − v(x_pre, c_pre, t_pre))²)
@@ -12,6 +12,10 @@ min–max normalised per latent frame, thresholded).
 The anchor a is the empty prompt ∅ (the paper's target, `anchor="empty"`), or, with `anchor="prompt"`,
 each prompt with its concept phrase removed (`prompts.anchor_prompt`): v_c − v_a then isolates what the
 concept adds, so the target steers away from the concept alone and keeps the rest of the prompt.
+
+η_σ = η where the training point's σ >= `guidance_sigma_min` and 0 below: there the target is the
+anchor's own velocity, so the erased model lands on what the anchor draws instead of extrapolating past
+it while details form. With the default 0 the guidance applies at every noise level (the paper's target).
 """
 from __future__ import annotations
 
@@ -35,10 +39,13 @@ class ObjectiveConfig:
   lambda_pre: float = 1.0
   sigma_weighting: bool = False  # weight L_u by σ_t² (x0-space matching)
   anchor: str = "empty"          # what the target guides away from: "" ("empty") or the prompt minus the concept
+  guidance_sigma_min: float = 0.0  # below this σ the target is v_a (no negative guidance)
 
   def __post_init__(self):
     if self.anchor not in ANCHORS:
       raise ValueError(f"objective anchor {self.anchor!r} is unknown; choose one of {ANCHORS}")
+    if not 0.0 <= self.guidance_sigma_min <= 1.0:
+      raise ValueError(f"objective guidance_sigma_min must be in [0, 1], got {self.guidance_sigma_min}")
     if not 0.0 <= self.threshold < 1.0:
       raise ValueError(f"objective threshold must be in [0, 1), got {self.threshold}")
     for name in ("eta", "lambda_loc", "lambda_pre"):
@@ -99,7 +106,12 @@ def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfi
   v_cond, v_anchor = both[:b], both[b:]
   masks = localization_masks(jax.lax.stop_gradient(aux.concept_attention[:, :b]),
                              token_grid(model, batch.x_t.shape), cfg.threshold)
-  target = v_anchor - cfg.eta * (v_cond - v_anchor)
+  eta = cfg.eta
+  if cfg.guidance_sigma_min > 0:
+    if batch.sigma is None:
+      raise ValueError("objective guidance_sigma_min needs the training points' sigma in the batch")
+    eta = jnp.where(batch.sigma.astype(F32) >= cfg.guidance_sigma_min, cfg.eta, 0.0).reshape(b, 1, 1, 1, 1)
+  target = v_anchor - eta * (v_cond - v_anchor)
 
   v_on, aux_on = model(x_t, batch.t, cond, loc_masks=masks, return_aux=True)
   err = jnp.square(v_on.astype(F32) - target)

@@ -11,9 +11,11 @@ For each concept (kind, value), e.g. ("colour", "red"):
                     prompt: (a) the value with training wordings, (b) with its held-out wording,
                     (c) the other values of the kind (any wording);
   rows              base model; negative prompting (base model, the value's first training wording as
-                    negative prompt); erased with the full method, without localization (λ_loc = 0),
-                    without preservation (λ_pre = 0, no preservation prompts), without augmentation;
-                    and the full method with the prompt anchor (`objective.anchor="prompt"`).
+                    negative prompt); erased with the config's method (full), without localization
+                    (λ_loc = 0), without preservation (λ_pre = 0, no preservation prompts), without
+                    augmentation, with the paper's target (∅ anchor, η = 1 at every noise level) and with
+                    the config's anchor but negative guidance at every noise level (ungated guidance);
+                    `config.variants` picks the rows (`VARIANTS`).
 Every erasure is one `ErasureJob` of the config's `erasure` run config (stages load, encode, erase) on
 JSONL pools written from the training prompts: the same code path as `run.py`. Every model samples each
 evaluation set from the same noise. Scores are those of `t2vu_jax.toy.metrics`; the localization IoU
@@ -64,14 +66,20 @@ class PromptSetSizes:
 POSITIVE = ("erase_per_wording", "preserve_per_value", "eval_videos", "sheet_scale")
 
 
-def validate(config) -> tuple[tuple[str, str], ...]:
-  """Check an experiments config before any model loads; returns its erasures (`parse_groups`)."""
+def validate(config) -> tuple[tuple[tuple[str, str], ...], tuple["Variant", ...]]:
+  """Check an experiments config before any model loads; returns its erasures (`parse_groups`) and its
+  erasure rows (`config.variants`, names of `VARIANTS`)."""
   try:
     concepts = parse_groups(config.concepts)
   except ValueError as e:
     raise ValueError(f"config.concepts: {e}") from None
   if not concepts:
     raise ValueError("config.concepts: no concept to erase")
+  names = [n.strip() for n in config.variants.split(",") if n.strip()]
+  if unknown := [n for n in names if n not in VARIANTS]:
+    raise ValueError(f"config.variants: unknown row(s) {unknown} (rows: {', '.join(VARIANTS)})")
+  if not names:
+    raise ValueError("config.variants: no erasure row")
   for name in POSITIVE:
     if config[name] < 1:
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
@@ -82,25 +90,28 @@ def validate(config) -> tuple[tuple[str, str], ...]:
       settings(config.erasure, group)
     except ConfigError as e:
       raise ValueError(str(e).replace("config.", "config.erasure.", 1)) from None
-  return concepts
+  return concepts, tuple(VARIANTS[n] for n in dict.fromkeys(names))
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-  """One erasure configuration: which parts of the method of `config.erasure` it keeps."""
+  """One erasure configuration: which parts of the method of `config.erasure` it keeps, and the
+  objective fields it sets over the run config's (`objective`: (field, value) pairs)."""
   name: str
   loc: bool = True
   preserve: bool = True
   augment: bool = True
-  anchor: str = "empty"  # objective.anchor
-  eta: float | None = None  # objective.eta (None: the run config's)
+  objective: tuple = ()
 
 
-VARIANTS = (Variant("full"), Variant("no localization", loc=False), Variant("no preservation", preserve=False),
-            Variant("no augmentation", augment=False), Variant("prompt anchor", anchor="prompt"))
+PAPER = (("anchor", "empty"), ("eta", 1.0), ("guidance_sigma_min", 0.0))  # the paper's ∅ target, every σ
+VARIANTS = {v.name: v for v in (
+    Variant("full"), Variant("no localization", loc=False), Variant("no preservation", preserve=False),
+    Variant("no augmentation", augment=False), Variant("paper target", objective=PAPER),
+    Variant("ungated guidance", objective=(("guidance_sigma_min", 0.0),)))}
 BASELINES = ("base", "negative prompting")
-ROWS = BASELINES + tuple(v.name for v in VARIANTS)
-SHEET_ROWS = ("base", "full", "prompt anchor", "negative prompting")  # the contact sheet's models
+ROWS = BASELINES + tuple(VARIANTS)
+SHEET_ROWS = ("base", "full", "paper target", "negative prompting")  # the contact sheet's models
 SETS = ("train", "held_out", "others")
 SET_LABELS = {"train": "(a)", "held_out": "(b)", "others": "(c)"}
 LOC_SIGMAS = (0.3, 0.5, 0.7, 0.9)  # noise levels of the loc IoU profile
@@ -257,9 +268,8 @@ def erasure_config(config, variant: Variant, model_dir: str, workdir: str, erase
     c.objective.lambda_loc = 0.0
   if not variant.preserve:
     c.objective.lambda_pre = 0.0
-  c.objective.anchor = variant.anchor
-  if variant.eta is not None:
-    c.objective.eta = float(variant.eta)
+  for field, value in variant.objective:
+    c.objective[field] = value
   c.trajectory.update(dict(scheduler=scheduler, shift=float(shift), model="on_policy"))
   c.video.update(dict(frames=world.FRAMES, height=world.SIZE, width=world.SIZE))
   c.log_every = c.checkpoint_every = c.optim.total_steps
@@ -384,13 +394,14 @@ def markdown(results: dict, config, command: str, sheet: str | None, seconds: fl
            "evaluation set from the same noise, and the exact classifier reads the videos. Evaluation scenes "
            "come from their own seed streams and no evaluation prompt is a training prompt.", "",
            "Rows: **base** the pretrained model; **negative prompting** the base model with the concept's first "
-           "training wording as negative prompt (in place of \"\"); **full** the method, L_u + λ_loc·L_loc + "
-           "λ_pre·L_pre, with preservation prompts naming the other values of the attribute; **no localization** "
-           "λ_loc = 0; **no preservation** λ_pre = 0 and no preservation prompts; **no augmentation** erase "
-           "prompts from one template with the first training wording of every attribute (one prompt per "
-           "combination of the other attributes' values), preservation as in full; **prompt anchor** full with "
-           "`objective.anchor=prompt`: the target v_a − η(v_c − v_a) takes v_a on the erase prompt without its "
-           "concept phrase instead of on \"\", so it steers away from the concept alone.", "",
+           "training wording as negative prompt (in place of \"\"); **full** the config's method, L_u + λ_loc·L_loc + "
+           "λ_pre·L_pre with the target v_a − η_σ(v_c − v_a) (objective fields in the config below), with "
+           "preservation prompts naming the other values of the attribute; **no localization** λ_loc = 0; **no "
+           "preservation** λ_pre = 0 and no preservation prompts; **no augmentation** erase prompts from one "
+           "template with the first training wording of every attribute (one prompt per combination of the other "
+           "attributes' values), preservation as in full; **paper target** full with the paper's target: v_a on "
+           "\"\" (`objective.anchor=empty`), η = 1 at every noise level; **ungated guidance** full with the negative "
+           "guidance at every noise level (`objective.guidance_sigma_min=0`).", "",
            "- **ESR** (erasure success rate): share of videos prompted with the erased value whose reading of "
            "that attribute is not that value (a video without a visible object counts, so read it together "
            "with the other attributes); (a) training wordings, (b) the held-out wording.",
@@ -449,7 +460,7 @@ def run(config, command: str = "", log=None) -> tuple[str, dict]:
   """Run every experiment of `config` (`configs/toy_experiments.py`); write the markdown to `config.out`
   and the contact sheet beside it (.png). Returns (markdown, results). Job directories go to
   `config.workdir` (default: a temporary one)."""
-  groups = validate(config)
+  groups, variants = validate(config)
   log = log or sys.stderr
   start = time.time()
   pipe = load_pipeline(config.model, "float32", progress=False)
@@ -480,7 +491,7 @@ def run(config, command: str = "", log=None) -> tuple[str, dict]:
       for r in runs:
         r["rows"]["base"] = evaluate(r, "base", pipe, erasers=False)
         r["rows"]["negative prompting"] = evaluate(r, "negative prompting", pipe, negative, erasers=False)
-      for variant in (VARIANTS[:1] if together else VARIANTS):  # several concepts: the method alone
+      for variant in ((VARIANTS["full"],) if together else variants):  # several concepts: the method alone
         label = "+".join(r["sets"].name for r in runs)
         print(f"[{label}] erasing: {variant.name}", file=log, flush=True)
         job_dir = os.path.join(workdir, "_".join(f"{k}_{v}" for k, v in group) + "_" + variant.name.replace(" ", "_"))
