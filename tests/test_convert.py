@@ -173,3 +173,72 @@ def test_failed_export_leaves_nothing_behind(save_diffusers_transformer, tmp_pat
   assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
   with pytest.raises(FileExistsError, match="already exists"):
     save_diffusers(model, out, progress=False)
+
+
+def _fp8_scaled(wan_tensors: dict) -> tuple[dict, dict]:
+  """(ComfyUI fp8_scaled tensors, the weights they stand for): every 2-D block weight stored as
+  float8_e4m3fn with a per-tensor `scale_weight` (and the `scale_input` fp8 matmuls use), the rest as is."""
+  stored, meant = {}, {}
+  for k, v in wan_tensors.items():
+    if v.ndim == 2 and k.startswith("blocks."):
+      scale = (v.abs().max() / 448.0).reshape(1)
+      w8 = (v / scale).to(torch.float8_e4m3fn)
+      stored[k], stored[k[:-6] + "scale_weight"], stored[k[:-6] + "scale_input"] = w8, scale, torch.ones(1)
+      meant[k] = w8.float() * scale
+    else:
+      stored[k] = meant[k] = v
+  return stored, meant
+
+
+@pytest.mark.parametrize("prefix", [wan_params.COMFYUI_PREFIX, ""])
+def test_comfyui_fp8_scaled_files_are_dequantised(save_diffusers_transformer, tmp_path, prefix):
+  torch_model, src = save_diffusers_transformer(HEAD128)
+  save_wan(t2vu_jax.load_transformer(src, progress=False), tmp_path / "wan", progress=False)
+  stored, meant = _fp8_scaled(read_all(tmp_path / "wan"))
+  path = tmp_path / "wan2.1_t2v_fp8_scaled.safetensors"
+  marker = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+  safetensors.torch.save_file({prefix + k: v for k, v in {**stored, **marker}.items()}, str(path))
+  plain = tmp_path / "dequantised" / "model.safetensors"
+  plain.parent.mkdir()
+  safetensors.torch.save_file(meant, str(plain))
+  (plain.parent / "config.json").write_text((tmp_path / "wan" / "config.json").read_text())
+
+  ckpt = wan_params.inspect_checkpoint(str(path))
+  assert ckpt.quantization == "fp8_scaled" and ckpt.format == ("comfyui" if prefix else "wan") + " fp8_scaled"
+  model = t2vu_jax.load_transformer(path, progress=False)
+  got, want = flat_params(model), flat_params(t2vu_jax.load_transformer(plain.parent, progress=False))
+  assert sorted(got) == sorted(want)
+  for k in got:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=str(k))
+  # Dequantised, the model still computes what the unquantised one does (fp8 keeps ~2 significant digits).
+  x, t, ctx = torch.randn(1, 4, 3, 4, 6), torch.tensor([500]), torch.randn(1, 7, HEAD128["text_dim"])
+  with torch.no_grad():
+    ref = torch_model(x, t, ctx, return_dict=False)[0].numpy()
+  out = np.asarray(model(x.numpy(), t.numpy(), ctx.numpy()))
+  assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_unknown_quantized_comfyui_files_are_refused_by_name(save_diffusers_transformer, tmp_path):
+  _, src = save_diffusers_transformer(HEAD128)
+  save_wan(t2vu_jax.load_transformer(src, progress=False), tmp_path / "wan", progress=False)
+  stored, _ = _fp8_scaled(read_all(tmp_path / "wan"))
+  no_marker = tmp_path / "no_marker.safetensors"
+  safetensors.torch.save_file({wan_params.COMFYUI_PREFIX + k: v for k, v in stored.items()}, str(no_marker))
+  with pytest.raises(ValueError, match=r"has fp8 scales \(\d+ `scale_weight` tensors.*no `scaled_fp8` marker"):
+    t2vu_jax.load_transformer(no_marker, progress=False)
+  newer = {k.replace("scale_weight", "weight_scale"): v for k, v in stored.items() if not k.endswith("scale_input")}
+  newer["blocks.0.ffn.0.comfy_quant"] = torch.tensor(list(b'{"format": "float8_e4m3fn"}'), dtype=torch.uint8)
+  path = tmp_path / "comfy_quant.safetensors"
+  safetensors.torch.save_file({wan_params.COMFYUI_PREFIX + k: v for k, v in newer.items()}, str(path))
+  with pytest.raises(ValueError, match="ComfyUI quantized checkpoint in the per-layer `comfy_quant`"):
+    t2vu_jax.load_transformer(path, progress=False)
+
+
+def test_wan22_ti2v_5b_channels_load_and_the_named_architectures(save_diffusers_transformer):
+  """48 input channels are Wan2.2 TI2V-5B's (the Wan2.2 VAE's latents), not an I2V model's 36."""
+  config = dict(TINY, in_channels=48, out_channels=48)
+  _, src = save_diffusers_transformer(config, name="ti2v")
+  assert t2vu_jax.load_transformer(src, progress=False).config.in_channels == 48
+  five = wan_params.WanConfig.wan22_5b()
+  assert (five.dim, five.num_layers, five.ffn_dim, five.in_channels, five.out_channels) == (3072, 30, 14336, 48, 48)
+  assert wan_params.WanConfig.wan22_a14b() == wan_params.WanConfig.wan_14b()

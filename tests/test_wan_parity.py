@@ -44,6 +44,31 @@ def test_full_model_matches_diffusers(name, save_diffusers_transformer):
     assert np.abs(unscanned - out).max() <= 1e-6
 
 
+@pytest.mark.parametrize("name", ["tiny", "deep"])
+def test_per_token_timesteps_match_diffusers(name, save_diffusers_transformer):
+  """Wan2.2 TI2V passes a timestep per video token, (B, tokens): the modulation is then per token."""
+  config = CONFIGS[name]
+  torch_model, path = save_diffusers_transformer(config)
+  model = t2vu_jax.load_transformer(path, dtype="float32", progress=False)
+  x, _, ctx = _inputs(config, 2, 4, 6, 8, 9, "float")
+  pt, ph, pw = config["patch_size"]
+  tokens = (4 // pt) * (6 // ph) * (8 // pw)
+  t = torch.linspace(0.0, 999.0, 2 * tokens).reshape(2, tokens)  # a different timestep at every token
+  with torch.no_grad():
+    ref = torch_model(x, t, ctx, return_dict=False)[0].numpy()
+  out = np.asarray(model(x.numpy(), t.numpy(), ctx.numpy()))
+  assert np.abs(out - ref).max() <= 2e-5, np.abs(out - ref).max()
+  # The same timestep at every token is the (B,) model; one row broadcasts over the batch.
+  same = np.asarray(model(x.numpy(), np.full((2, tokens), 731.25, np.float32), ctx.numpy()))
+  np.testing.assert_allclose(same, np.asarray(model(x.numpy(), np.array([731.25, 731.25]), ctx.numpy())),
+                             rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(model(x.numpy(), t.numpy()[:1], ctx.numpy()))[0], out[0])
+  with pytest.raises(ValueError, match=r"per-token timesteps must be \(batch, tokens\)"):
+    model(x.numpy(), t.numpy()[:, 1:], ctx.numpy())
+  with pytest.raises(ValueError, match="timestep must be a scalar"):
+    model(x.numpy(), t.numpy()[..., None], ctx.numpy())
+
+
 def test_one_block_matches_diffusers(save_diffusers_transformer):
   config = CONFIGS["wide"]
   torch_model, path = save_diffusers_transformer(config)
@@ -61,7 +86,7 @@ def test_one_block_matches_diffusers(save_diffusers_transformer):
     with torch.no_grad():
       ref = torch_model.blocks[layer](hidden, context, temb_proj, rope).numpy()
     block = nnx.merge(graphdef, jax.tree.map(lambda a: a[layer], state))
-    out, _ = block(jnp.asarray(hidden.numpy()), jnp.asarray(context.numpy()), jnp.asarray(temb_proj.numpy()),
+    out, _ = block(jnp.asarray(hidden.numpy()), jnp.asarray(context.numpy()), jnp.asarray(temb_proj.numpy())[:, None],
                 rope_tables(model.config, f, h, w))
     assert np.abs(np.asarray(out) - ref).max() <= 1e-6, (np.abs(np.asarray(out) - ref).max(), np.abs(ref).max())
 

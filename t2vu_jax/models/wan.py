@@ -34,7 +34,8 @@ REMAT_POLICIES = {
 
 @dataclasses.dataclass(frozen=True)
 class WanConfig:
-  """Architecture of a Wan2.1 T2V transformer (field names follow diffusers' config.json)."""
+  """Architecture of a Wan T2V transformer (Wan2.1, and Wan2.2's TI2V-5B and A14B experts; field names
+  follow diffusers' config.json)."""
   patch_size: tuple[int, int, int] = (1, 2, 2)
   num_attention_heads: int = 12
   attention_head_dim: int = 128
@@ -59,6 +60,16 @@ class WanConfig:
   @classmethod
   def wan_14b(cls) -> "WanConfig":
     return cls(num_attention_heads=40, ffn_dim=13824, num_layers=40)
+
+  @classmethod
+  def wan22_5b(cls) -> "WanConfig":
+    """Wan2.2 TI2V-5B: 24 heads x 128 = 3072 wide, on the 48 channels of the Wan2.2 VAE."""
+    return cls(num_attention_heads=24, in_channels=48, out_channels=48, ffn_dim=14336)
+
+  @classmethod
+  def wan22_a14b(cls) -> "WanConfig":
+    """Each of Wan2.2 A14B's two experts (high and low noise): the Wan2.1 14B architecture."""
+    return cls.wan_14b()
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "WanConfig":
@@ -255,8 +266,8 @@ class WanBlock(nnx.Module):
                loc_mask=None):
     """Returns the new x and a `LayerAux`: the cross-attention mass on the concept tokens (when
     `concept_mask` (B, L) is given) and the eraser's localization term (when `loc_mask` (B, S) is)."""
-    mod = self.scale_shift_table[...] + timestep_proj.astype(F32)  # (B, 6, D)
-    shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(mod, 6, axis=1)
+    mod = self.scale_shift_table[...][:, None] + timestep_proj.astype(F32)  # (B, 1 or S, 6, D)
+    shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, :, i] for i in range(6))  # (B, 1 or S, D)
     dtype = x.dtype
     adapter_at = eraser.placement if eraser is not None and eraser.kind == "adapter" else None
     lora = eraser if eraser is not None and eraser.kind == "lora" else None
@@ -321,7 +332,8 @@ class TextEmbedder(nnx.Module):
 
 
 class ConditionEmbedder(nnx.Module):
-  """Timestep → (temb, per-block modulation (B, 6, D)); text (B, L, text_dim) → (B, L, D). All fp32."""
+  """Timesteps (B, T) → (temb (B, T, D), per-block modulation (B, T, 6, D)), T = 1 or one per video token
+  (Wan2.2 TI2V's expanded timesteps); text (B, L, text_dim) → (B, L, D). All fp32."""
 
   def __init__(self, cfg: WanConfig, rngs: nnx.Rngs):
     self.freq_dim = cfg.freq_dim
@@ -330,8 +342,9 @@ class ConditionEmbedder(nnx.Module):
     self.text_embedder = TextEmbedder(cfg.text_dim, cfg.dim, rngs)
 
   def __call__(self, timestep, text):
-    temb = self.time_embedder(timestep_embedding(timestep, self.freq_dim))
-    timestep_proj = self.time_proj(jax.nn.silu(temb)).reshape(temb.shape[0], 6, -1)
+    b, n = timestep.shape
+    temb = self.time_embedder(timestep_embedding(timestep.reshape(-1), self.freq_dim)).reshape(b, n, -1)
+    timestep_proj = self.time_proj(jax.nn.silu(temb)).reshape(b, n, 6, -1)
     return temb, timestep_proj, self.text_embedder(text.astype(F32))
 
 
@@ -369,6 +382,9 @@ class WanTransformer(nnx.Module):
                concept_mask=None, loc_masks=None, return_aux: bool = False):
     """The velocity (B, C, F, H, W); with `return_aux`, also a `LayerAux` stacked over layers.
 
+    `timestep` is a scalar, (B,), or (B, S) with one timestep per video token (S = F'·H'·W' patch tokens,
+    as Wan2.2 TI2V's `expand_timesteps` pipelines pass it): the modulation is then per token.
+
     `erasers=False` runs the base model even when erasers are attached. `concept_mask` (B, L) asks
     for each layer's cross-attention mass on those text tokens, (num_layers, B, S); `loc_masks`
     (num_layers, B, S) asks for each layer's localization term, (num_layers, B).
@@ -384,7 +400,15 @@ class WanTransformer(nnx.Module):
     x = self.patch_embedding(x[:, :gf * pt, :gh * ph, :gw * pw]).reshape(b, gf * gh * gw, cfg.dim)
     x = constrain(x, "batch", "tokens", None)
 
-    timestep = jnp.broadcast_to(jnp.asarray(timestep), (b,))
+    timestep = jnp.asarray(timestep)
+    if timestep.ndim == 2:
+      if timestep.shape not in ((b, gf * gh * gw), (1, gf * gh * gw)):
+        raise ValueError(f"per-token timesteps must be (batch, tokens) = {(b, gf * gh * gw)}, got {timestep.shape}")
+      timestep = jnp.broadcast_to(timestep, (b, gf * gh * gw))
+    elif timestep.ndim <= 1:
+      timestep = jnp.broadcast_to(timestep, (b,))[:, None]
+    else:
+      raise ValueError(f"timestep must be a scalar, (batch,) or (batch, tokens), got shape {timestep.shape}")
     temb, timestep_proj, context = self.condition_embedder(timestep, encoder_hidden_states)
     context = constrain(context.astype(self.dtype), "batch", None, None)
     rope = rope_tables(cfg, gf, gh, gw)
@@ -394,7 +418,8 @@ class WanTransformer(nnx.Module):
       raise ValueError("loc_masks need erasers attached and enabled")
     x, aux = self._run_blocks(x, context, timestep_proj, rope, eraser_stack, concept_mask, loc_masks)
 
-    shift, scale = jnp.split(self.scale_shift_table[...] + temb[:, None], 2, axis=1)
+    mod = self.scale_shift_table[...][:, None] + temb[:, :, None]  # (B, 1 or S, 2, D)
+    shift, scale = mod[:, :, 0], mod[:, :, 1]
     x = (layer_norm(x, cfg.eps) * (1 + scale) + shift).astype(self.dtype)
     x = self.proj_out(x)
     x = x.reshape(b, gf, gh, gw, pt, ph, pw, -1)

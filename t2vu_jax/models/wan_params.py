@@ -154,21 +154,68 @@ def config_to_original(cfg: WanConfig) -> dict:
 
 @dataclasses.dataclass
 class TorchCheckpoint:
-  """What `inspect_checkpoint` found: files, key layout, prefix and the architecture."""
+  """What `inspect_checkpoint` found: files, key layout, prefix, quantization and the architecture."""
   files: list[str]
   kind: str          # "safetensors" or "pickle"
   layout: str        # "diffusers" or "wan"
   prefix: str        # "" or the ComfyUI prefix
   config: WanConfig
   config_source: str
+  quantization: str | None = None  # None, or "fp8_scaled" (ComfyUI: fp8 weights times `scale_weight`)
 
   @property
   def format(self) -> str:
-    return "comfyui" if self.prefix else self.layout
+    name = "comfyui" if self.prefix else self.layout
+    return f"{name} {self.quantization}" if self.quantization else name
 
   def open(self):
     source_cls = SafetensorsSource if self.kind == "safetensors" else PickleSource
-    return source_cls(self.files, self.prefix)
+    source = source_cls(self.files, self.prefix)
+    return ScaledFp8Source(source) if self.quantization == "fp8_scaled" else source
+
+
+FP8_SCALED_MARKER = "scaled_fp8"  # ComfyUI's marker tensor of an fp8_scaled checkpoint
+_FP8_SCALES = (".scale_weight", ".scale_input")
+_COMFY_QUANT = (".comfy_quant", ".weight_scale", ".input_scale")  # ComfyUI's newer per-layer quantization
+
+
+class ScaledFp8Source:
+  """A ComfyUI fp8_scaled checkpoint read as plain weights: `w.weight` (fp8) times its per-tensor
+  `w.scale_weight`, in float32; the marker and the activation scales (`scale_input`, which only an
+  fp8 matmul uses) are not part of the model."""
+
+  def __init__(self, source):
+    self.source = source
+    keys = set(source.keys())
+    self.scales = {k[:-len(".scale_weight")] + ".weight": k for k in keys if k.endswith(".scale_weight")}
+    self._keys = [k for k in source.keys() if k != FP8_SCALED_MARKER and not k.endswith(_FP8_SCALES)]
+
+  def keys(self):
+    return list(self._keys)
+
+  def shape(self, key):
+    return self.source.shape(key)
+
+  def read(self, key):
+    value = self.source.read(key)
+    if key not in self.scales:
+      return value
+    scale = np.asarray(self.source.read(self.scales[key]), np.float32)
+    if scale.size != 1:
+      raise CheckpointError(f"fp8_scaled tensor {self.scales[key]!r} has shape {scale.shape}; only per-tensor "
+                            "scales (one value) are supported")
+    return value.astype(np.float32) * scale.reshape(())
+
+  def release(self, key):
+    self.source.release(key)
+    if key in self.scales:
+      self.source.release(self.scales[key])
+
+  def order(self, keys):
+    return self.source.order(keys)
+
+  def close(self):
+    self.source.close()
 
 
 def _weight_files(path: str, allow_pickle: bool) -> tuple[list[str], str, str | None]:
@@ -250,7 +297,16 @@ def inspect_checkpoint(path: str, allow_pickle: bool = False) -> TorchCheckpoint
     source = PickleSource(files)
     shapes = {k: source.shape(k) for k in source.keys()}
   prefix = COMFYUI_PREFIX if any(k.startswith(COMFYUI_PREFIX) for k in shapes) else ""
+  quantization = "fp8_scaled" if {FP8_SCALED_MARKER, prefix + FP8_SCALED_MARKER} & set(shapes) else None
   shapes = {k[len(prefix):]: s for k, s in shapes.items() if k.startswith(prefix)}
+  if quantized := sorted(k for k in shapes if k.endswith(_COMFY_QUANT)):
+    raise CheckpointError(f"{path} is a ComfyUI quantized checkpoint in the per-layer `comfy_quant` / "
+                          f"`weight_scale` format ({len(quantized)} tensors such as {quantized[0]!r}), which is "
+                          "not supported; use a bf16, fp16 or fp8_scaled (`scale_weight`) file")
+  if quantization is None and (scaled := sorted(k for k in shapes if k.endswith(".scale_weight"))):
+    raise CheckpointError(f"{path} has fp8 scales ({len(scaled)} `scale_weight` tensors such as {scaled[0]!r}) "
+                          f"but no `{FP8_SCALED_MARKER}` marker: not a ComfyUI fp8_scaled file this loader knows")
+  shapes = {k: s for k, s in shapes.items() if k != FP8_SCALED_MARKER and not k.endswith(_FP8_SCALES)}
 
   if any(m in k for k in shapes for m in _I2V_MARKERS):
     raise CheckpointError(f"{path} is an image-to-video (I2V) Wan checkpoint (it has image-conditioning "
@@ -280,10 +336,10 @@ def inspect_checkpoint(path: str, allow_pickle: bool = False) -> TorchCheckpoint
       config = _infer_config(shapes, layout)
     except KeyError as e:
       raise CheckpointError(f"{path}: cannot infer the architecture, tensor {e} is missing") from None
-  if config.in_channels != 16 and config.in_channels in (36, 48):
+  if config.in_channels == 36:  # Wan2.1/2.2 I2V: 16 noise + 20 image-condition channels (TI2V-5B has 48)
     raise CheckpointError(f"{path}: in_channels={config.in_channels} is an image-to-video (I2V) model; "
                           "only text-to-video (T2V) checkpoints are supported")
-  return TorchCheckpoint(files, kind, layout, prefix, config, config_source)
+  return TorchCheckpoint(files, kind, layout, prefix, config, config_source, quantization)
 
 
 def abstract_transformer(config: WanConfig, dtype, **model_kwargs) -> WanTransformer:
