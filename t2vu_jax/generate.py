@@ -54,6 +54,8 @@ def _check_args(args) -> None:
       raise ValueError(f"output directory does not exist: {os.path.dirname(os.path.abspath(path))}")
   if args.latents and not os.path.isfile(args.latents):
     raise ValueError(f"--latents file does not exist: {args.latents}")
+  if args.guidance_2 is not None and check_pipeline_dir(args.model).get("boundary_ratio") is None:
+    raise ValueError(f"--guidance-2 needs a two-expert (Wan2.2 A14B) pipeline; {args.model} has one transformer")
   if args.transformer and not os.path.exists(args.transformer):
     raise ValueError(f"--transformer path does not exist: {args.transformer}")
   check_pipeline_dir(args.model)
@@ -61,7 +63,7 @@ def _check_args(args) -> None:
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m t2vu_jax.generate", description=__doc__.splitlines()[0])
-  p.add_argument("--model", required=True, help="diffusers Wan2.1 T2V pipeline directory")
+  p.add_argument("--model", required=True, help="diffusers Wan T2V pipeline directory (Wan2.1, Wan2.2 A14B)")
   p.add_argument("--transformer", default=None, help="use this transformer instead of the pipeline's")
   p.add_argument("--prompt", required=True)
   p.add_argument("--negative-prompt", default="")
@@ -71,6 +73,8 @@ def main(argv=None) -> int:
   p.add_argument("--width", type=int, default=832, help="multiple of 16")
   p.add_argument("--steps", type=int, default=50)
   p.add_argument("--guidance", type=float, default=5.0, help="<= 1 disables classifier-free guidance")
+  p.add_argument("--guidance-2", type=float, default=None,
+                 help="the low-noise expert's guidance of a two-expert (Wan2.2 A14B) pipeline; default --guidance")
   p.add_argument("--shift", type=float, default=None, help="default: the pipeline's flow_shift")
   p.add_argument("--scheduler", choices=["unipc", "euler"], default=None, help="default: the pipeline's")
   p.add_argument("--seed", type=int, default=0)
@@ -88,7 +92,8 @@ def main(argv=None) -> int:
     from t2vu_jax.pipeline import load_pipeline
     pipe = load_pipeline(args.model, args.dtype, transformer=args.transformer, cache_dir=args.cache_dir)
     frames = pipe.generate(args.prompt, args.negative_prompt, args.height, args.width, args.frames,
-                           args.steps, args.guidance, args.shift, args.seed, latents, args.scheduler)[0]
+                           args.steps, args.guidance, args.shift, args.seed, latents, args.scheduler,
+                           guidance_2=args.guidance_2)[0]
     write_video(args.out, frames, args.fps)
     if args.save_array:
       np.save(args.save_array, frames)

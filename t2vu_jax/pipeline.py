@@ -67,44 +67,75 @@ def cfg_velocity(velocity, latents, t, cond, uncond, guidance, **model_kwargs):
   return v_uncond + guidance * (v_cond - v_uncond)
 
 
+def expert_switch(scheduler: schedulers.Scheduler, boundary: float | None) -> int:
+  """The first sampling step of the low-noise expert: steps whose timestep is >= `boundary` run the
+  high-noise one (Wan2.2 A14B, as diffusers' `WanPipeline`); all steps without a boundary."""
+  if boundary is None:
+    return scheduler.num_steps
+  return int(np.sum(np.asarray(scheduler.timesteps) >= boundary))
+
+
 def sample(model: WanTransformer, scheduler: schedulers.Scheduler, latents, cond, uncond=None,
-           guidance: float = 5.0, steps=None, on_step=None, **model_kwargs):
+           guidance: float = 5.0, steps=None, on_step=None, model_2: WanTransformer | None = None,
+           boundary: float | None = None, guidance_2: float | None = None, **model_kwargs):
   """Run sampling steps [0, steps) from `latents` (all steps by default; pure, jit it).
 
   `steps` may be a traced integer (a partial trajectory). `uncond=None` disables guidance.
-  `on_step(i)` is called on the host after each step (a progress bar). `model_kwargs` go to the
-  model (e.g. `erasers=False`). Returns the latents at sigma_steps.
+  With `model_2` (Wan2.2 A14B's low-noise expert) the steps whose timestep is below `boundary`
+  (`boundary_ratio` x the training timesteps) run `model_2` with guidance `guidance_2` (default
+  `guidance`). `on_step(i)` is called on the host after each step (a progress bar). `model_kwargs` go
+  to the models (e.g. `erasers=False`). Returns the latents at sigma_steps.
   """
-  velocity = loop_callable(model)
+  if (model_2 is None) != (boundary is None):
+    raise ValueError("a second expert needs a boundary timestep, and a boundary a second expert")
   dtype = model.dtype
   timesteps = jnp.asarray(scheduler.timesteps)
   cond = cond.astype(dtype)
   uncond = None if uncond is None else uncond.astype(dtype)
 
-  def body(i, carry):
-    x, state = carry
-    v = cfg_velocity(velocity, x.astype(dtype), timesteps[i], cond, uncond, guidance, **model_kwargs)
-    x, state = scheduler.step(state, v.astype(jnp.float32), x)
-    if on_step is not None:  # unordered: ordered callbacks cannot run in a program over several devices
-      jax.debug.callback(on_step, i)
-    return x, state
+  def run(expert, g, lower, upper, carry):
+    velocity = loop_callable(expert)
+
+    def body(i, carry):
+      x, state = carry
+      v = cfg_velocity(velocity, x.astype(dtype), timesteps[i], cond, uncond, g, **model_kwargs)
+      x, state = scheduler.step(state, v.astype(jnp.float32), x)
+      if on_step is not None:  # unordered: ordered callbacks cannot run in a program over several devices
+        jax.debug.callback(on_step, i)
+      return x, state
+    return jax.lax.fori_loop(lower, upper, body, carry)
 
   latents = latents.astype(jnp.float32)
   steps = scheduler.num_steps if steps is None else steps
-  latents, _ = jax.lax.fori_loop(0, steps, body, (latents, scheduler.init(latents)))
-  return latents
+  switch = expert_switch(scheduler, boundary)
+  first = min(switch, steps) if isinstance(steps, int) else jnp.minimum(switch, steps)
+  carry = run(model, guidance, 0, first, (latents, scheduler.init(latents)))
+  if model_2 is not None:
+    carry = run(model_2, guidance if guidance_2 is None else guidance_2, switch, steps, carry)
+  return carry[0]
 
 
 @dataclasses.dataclass
 class WanPipeline:
-  """Loaded Wan2.1 T2V components; `generate` turns prompts into videos. Without a VAE (`vae=None`)
-  the transformer works in pixel space: its "latents" are the RGB frames in [-1, 1]."""
+  """Loaded Wan T2V components; `generate` turns prompts into videos. Without a VAE (`vae=None`)
+  the transformer works in pixel space: its "latents" are the RGB frames in [-1, 1]. A Wan2.2 A14B
+  pipeline has a second, low-noise expert `transformer_2`, which samples the steps whose timestep is
+  below `boundary_ratio` x the scheduler's training timesteps."""
   transformer: WanTransformer
   text_encoder: UMT5Encoder
   tokenizer: object
   vae: WanVAE | None
   scheduler_config: dict
   embedding_cache: text.EmbeddingCache | None = None
+  transformer_2: WanTransformer | None = None
+  boundary_ratio: float | None = None
+
+  @property
+  def boundary(self) -> float | None:
+    """The timestep below which `transformer_2` samples (None: one transformer)."""
+    if self.transformer_2 is None:
+      return None
+    return self.boundary_ratio * self.scheduler_config.get("num_train_timesteps", 1000)
 
   @property
   def text_length(self) -> int:
@@ -134,9 +165,10 @@ class WanPipeline:
 
   def generate_latents(self, prompts, negative_prompt="", height=480, width=832, num_frames=81,
                        steps=50, guidance=5.0, shift=None, seed=0, latents=None, scheduler=None,
-                       progress=True, erasers: bool = True) -> jax.Array:
+                       progress=True, erasers: bool = True, guidance_2: float | None = None) -> jax.Array:
     """Prompts to final (not yet de-normalised) latents. `latents` fixes the initial noise;
-    `erasers=False` samples with the base model when erasers are attached."""
+    `erasers=False` samples with the base model when erasers are attached; `guidance_2` is the low-noise
+    expert's guidance (diffusers' `guidance_scale_2`, default `guidance`)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
       raise ValueError("generate needs at least one prompt (got an empty list)")
@@ -159,20 +191,22 @@ class WanPipeline:
     with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
       _progress_bars.append(bar)
       try:
+        g2 = float(guidance if guidance_2 is None else guidance_2)
         out = jax.block_until_ready(_sample(self.transformer, sched, jnp.asarray(latents, jnp.float32),
-                                            cond, uncond, float(guidance), bool(erasers)))
+                                            cond, uncond, float(guidance), bool(erasers), self.transformer_2,
+                                            self.boundary, g2))
       finally:
         _progress_bars.pop()
     return out
 
   def generate(self, prompts, negative_prompt="", height=480, width=832, num_frames=81, steps=50,
                guidance=5.0, shift=None, seed=0, latents=None, scheduler=None, progress=True,
-               output="uint8", erasers: bool = True) -> np.ndarray:
+               output="uint8", erasers: bool = True, guidance_2: float | None = None) -> np.ndarray:
     """Prompts to videos (B, F, H, W, 3): uint8 by default, or `output="float"` frames in [0, 1]."""
     if output not in ("uint8", "float"):
       raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
     final = self.generate_latents(prompts, negative_prompt, height, width, num_frames, steps, guidance,
-                                  shift, seed, latents, scheduler, progress, erasers)
+                                  shift, seed, latents, scheduler, progress, erasers, guidance_2)
     frames = self.decode(final)
     return frames if output == "float" else np.round(frames * 255).astype(np.uint8)
 
@@ -185,9 +219,10 @@ def _advance_progress(i):
     _progress_bars[-1].update(1)
 
 
-@nnx.jit(static_argnums=(1, 6))
-def _sample(model, scheduler, latents, cond, uncond, guidance, erasers):
-  return sample(model, scheduler, latents, cond, uncond, guidance, on_step=_advance_progress, erasers=erasers)
+@nnx.jit(static_argnums=(1, 6, 8))
+def _sample(model, scheduler, latents, cond, uncond, guidance, erasers, model_2, boundary, guidance_2):
+  return sample(model, scheduler, latents, cond, uncond, guidance, on_step=_advance_progress, model_2=model_2,
+                boundary=boundary, guidance_2=guidance_2, erasers=erasers)
 
 
 def _pixels_to_frames(video):
@@ -217,9 +252,18 @@ def check_pipeline_dir(path: str) -> dict:
   if cls != "WanPipeline":
     raise CheckpointError(f"{index}: pipeline class {cls!r} is not supported; only text-to-video "
                           "'WanPipeline' checkpoints are")
-  if meta.get("transformer_2") not in (None, [None, None]) or meta.get("boundary_ratio") is not None:
-    raise CheckpointError(f"{index}: a two-transformer (Wan2.2) pipeline is not supported")
-  missing = [s for s in SUBFOLDERS if not os.path.isdir(os.path.join(path, s)) and not is_absent(meta, s)]
+  two = meta.get("transformer_2") not in (None, [None, None])
+  ratio = meta.get("boundary_ratio")
+  if two != (ratio is not None):
+    raise CheckpointError(f"{index}: " + ("transformer_2 needs a boundary_ratio" if two else
+                                          f"boundary_ratio {ratio} is set but there is no transformer_2"))
+  if two and not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
+    raise CheckpointError(f"{index}: boundary_ratio must be a number in (0, 1), got {ratio!r}")
+  if meta.get("expand_timesteps"):
+    raise CheckpointError(f"{index}: expand_timesteps is set (Wan2.2 TI2V-5B), whose Wan2.2 VAE is not "
+                          "supported yet")
+  missing = [s for s in SUBFOLDERS + (("transformer_2",) if two else ())
+             if not os.path.isdir(os.path.join(path, s)) and not is_absent(meta, s)]
   if missing:
     raise CheckpointError(f"{path}: missing pipeline subfolder(s) {', '.join(missing)} "
                           f"(a Wan pipeline has {', '.join(SUBFOLDERS)})")
@@ -229,7 +273,7 @@ def check_pipeline_dir(path: str) -> dict:
 def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float32",
                   transformer: str | None = None, cache_dir: str | None = None,
                   progress: bool = True, mesh=None) -> WanPipeline:
-  """Load a diffusers Wan2.1 T2V pipeline directory.
+  """Load a diffusers Wan T2V pipeline directory (Wan2.1, or Wan2.2 A14B with `transformer_2`).
 
   `dtype` is the transformer's dtype, `text_dtype` the encoder's (default: `dtype`). `transformer`
   replaces the pipeline's transformer (any path `load_transformer` reads, e.g. erased weights).
@@ -253,6 +297,13 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
   if transformer.config.text_dim != encoder.config.d_model:
     raise CheckpointError(f"{path}: the transformer expects {transformer.config.text_dim}-wide text "
                           f"embeddings but the text encoder gives {encoder.config.d_model}")
+  transformer_2 = None
+  if meta.get("boundary_ratio") is not None:
+    transformer_2 = load_transformer(os.path.join(path, "transformer_2"), dtype, progress=progress, mesh=mesh)
+    for field in ("in_channels", "out_channels", "text_dim", "patch_size"):
+      if getattr(transformer_2.config, field) != getattr(transformer.config, field):
+        raise CheckpointError(f"{path}: transformer_2 has {field} {getattr(transformer_2.config, field)}, "
+                              f"transformer {getattr(transformer.config, field)}; the two experts must agree")
   vae = None if is_absent(meta, "vae") else read_vae(path, jnp.dtype(vae_dtype), progress=progress)
   if vae is None and transformer.config.in_channels != 3:
     raise CheckpointError(f"{path}: a pipeline without a VAE samples RGB pixels, but the transformer has "
@@ -262,4 +313,5 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
     files = [os.path.join(path, "text_encoder", f) for f in os.listdir(os.path.join(path, "text_encoder"))
              if f.endswith(".safetensors")]
     cache = text.EmbeddingCache.for_files(cache_dir, files, path)
-  return WanPipeline(transformer, encoder, tokenizer, vae, scheduler_config, cache)
+  return WanPipeline(transformer, encoder, tokenizer, vae, scheduler_config, cache, transformer_2,
+                     meta.get("boundary_ratio"))

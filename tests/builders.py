@@ -69,8 +69,10 @@ def build_tokenizer(vocab_size: int = UMT5_TINY["vocab_size"]):
                                               unk_token="<unk>")
 
 
-def build_wan_pipeline(scheduler: str = "unipc", shift: float = 3.0, seed: int = 0):
-  """A tiny random diffusers WanPipeline: UMT5 + tokenizer + transformer + VAE + scheduler."""
+def build_wan_pipeline(scheduler: str = "unipc", shift: float = 3.0, seed: int = 0,
+                       boundary_ratio: float | None = None):
+  """A tiny random diffusers WanPipeline: UMT5 + tokenizer + transformer + VAE + scheduler, and with a
+  `boundary_ratio` a second, low-noise expert `transformer_2` (Wan2.2 A14B's layout)."""
   import torch
   from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
                          WanPipeline)
@@ -80,6 +82,10 @@ def build_wan_pipeline(scheduler: str = "unipc", shift: float = 3.0, seed: int =
     sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
   else:
     sched = FlowMatchEulerDiscreteScheduler(shift=shift)
+  experts = {}
+  if boundary_ratio is not None:
+    experts = dict(transformer_2=build_diffusers_transformer(PIPELINE_TRANSFORMER, seed + 5),
+                   boundary_ratio=boundary_ratio)
   return WanPipeline(tokenizer=build_tokenizer(), text_encoder=build_umt5(seed=seed + 3),
                      transformer=build_diffusers_transformer(PIPELINE_TRANSFORMER, seed + 4),
-                     vae=vae, scheduler=sched)
+                     vae=vae, scheduler=sched, **experts)

@@ -1,4 +1,5 @@
 """End to end: our pipeline vs diffusers' WanPipeline on the same tiny random weights and noise."""
+import dataclasses
 import json
 import shutil
 
@@ -39,6 +40,50 @@ def test_generate_matches_diffusers(wan_pipeline_dir, scheduler, shift, guidance
   as_uint8 = pipe.generate(prompts, negative, HEIGHT, WIDTH, FRAMES, steps=4, guidance=guidance,
                            latents=latents.numpy(), progress=False)
   assert as_uint8.dtype == np.uint8 and np.abs(as_uint8 / 255.0 - got).max() <= 0.5 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("scheduler,guidance_2", [("unipc", 2.5), ("euler", None)])
+def test_two_expert_wan22_pipeline_matches_diffusers(wan_pipeline_dir, scheduler, guidance_2):
+  """Wan2.2 A14B: transformer (high noise) above boundary_ratio x 1000, transformer_2 below, each with
+  its own guidance (guidance_scale_2 defaults to guidance_scale)."""
+  reference, path = wan_pipeline_dir(scheduler, 3.0, boundary_ratio=0.6, name="a14b")
+  assert json.loads((path / "model_index.json").read_text())["boundary_ratio"] == 0.6
+  prompts, negative, latents = ["a red car", "a person walking"], "blurry", noise(batch=2)
+  with torch.no_grad():
+    expected = reference(prompts, negative, height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=5,
+                         guidance_scale=5.0, guidance_scale_2=guidance_2, latents=latents.clone(), output_type="np",
+                         max_sequence_length=512).frames
+  pipe = load_pipeline(path, "float32", progress=False)
+  assert pipe.transformer_2 is not None and pipe.boundary == 600.0
+  sched = pipe.scheduler(5)
+  assert 0 < int((sched.timesteps >= 600).sum()) < 5  # both experts sample some of the steps
+  got = pipe.generate(prompts, negative, HEIGHT, WIDTH, FRAMES, steps=5, guidance=5.0, guidance_2=guidance_2,
+                      latents=latents.numpy(), output="float", progress=False)
+  err = np.abs(got - expected).max()
+  print(f"two experts, {scheduler}: max abs error on float frames {err:.2e}")
+  assert err <= 1e-3, err
+  # The second expert really samples: without it the video differs.
+  one = dataclasses.replace(pipe, transformer_2=None)
+  alone = one.generate(prompts, negative, HEIGHT, WIDTH, FRAMES, steps=5, guidance=5.0, latents=latents.numpy(),
+                       output="float", progress=False)
+  assert np.abs(alone - got).max() > 1e-2
+
+
+def test_bad_two_expert_pipelines_are_refused(wan_pipeline_dir):
+  _, path = wan_pipeline_dir(boundary_ratio=0.5, name="a14b")
+  index = path / "model_index.json"
+  meta = json.loads(index.read_text())
+  for change, message in (({"boundary_ratio": None}, "transformer_2 needs a boundary_ratio"),
+                          ({"boundary_ratio": 1.5}, r"boundary_ratio must be a number in \(0, 1\)"),
+                          ({"transformer_2": [None, None]}, "boundary_ratio 0.5 is set but there is no transformer_2"),
+                          ({"expand_timesteps": True}, "expand_timesteps is set")):
+    index.write_text(json.dumps({**meta, **change}))
+    with pytest.raises(CheckpointError, match=message):
+      load_pipeline(path, progress=False)
+  index.write_text(json.dumps(meta))
+  shutil.rmtree(path / "transformer_2")
+  with pytest.raises(CheckpointError, match="missing pipeline subfolder.*transformer_2"):
+    load_pipeline(path, progress=False)
 
 
 def test_seeded_noise_is_reproducible(wan_pipeline_dir):
@@ -114,7 +159,17 @@ def test_generate_cli_writes_a_playable_video(wan_pipeline_dir, tmp_path):
 
   assert generate.main(args + ["--out", str(tmp_path / "dog.avi")]) == 2
   assert generate.main(args[:4] + ["--frames", "6", "--out", str(tmp_path / "x.mp4")]) == 2
+  assert generate.main(args + ["--guidance-2", "3", "--out", str(tmp_path / "x.mp4")]) == 2  # one transformer
   assert not (tmp_path / "x.mp4").exists()
+
+  # A two-expert pipeline takes --guidance-2: the CLI's frames are the Python API's.
+  _, a14b = wan_pipeline_dir(boundary_ratio=0.6, name="a14b")
+  two = ["--model", str(a14b)] + args[2:-1] + [str(tmp_path / "two.npy"), "--guidance-2", "2.5"]
+  assert generate.main(two + ["--out", str(tmp_path / "two.mp4")]) == 0
+  expected = load_pipeline(a14b, "float32", progress=False).generate(
+      "a dog running on the beach", "", HEIGHT, WIDTH, FRAMES, steps=2, latents=latents, progress=False,
+      guidance_2=2.5)[0]
+  np.testing.assert_array_equal(np.load(tmp_path / "two.npy"), expected)
 
 
 def read_mp4(path):

@@ -173,3 +173,14 @@ def test_records_of_alpha_zero_read_as_alpha_equal_to_rank(tmp_path):
   import json
   (tmp_path / "config.json").write_text(json.dumps({"eraser": {"kind": "lora", "alpha": 0.0, "rank": 4}}))
   assert run_config.read_record(str(tmp_path / "config.json"))["eraser"]["alpha"] is None
+
+
+def test_a_two_expert_pipeline_is_refused_before_any_weights_load(tmp_path):
+  from configs import toy
+  (tmp_path / "model_index.json").write_text('{"_class_name": "WanPipeline", "boundary_ratio": 0.875, '
+                                             '"transformer_2": ["diffusers", "WanTransformer3DModel"]}')
+  config = toy.get_config()
+  config.model.path = str(tmp_path)
+  refusal = r"config\.model\.path: .*two-expert \(Wan2\.2 A14B\).*not supported"
+  with pytest.raises(run_config.ConfigError, match=refusal):
+    run_config.validate(config)

@@ -109,6 +109,13 @@ def validate(config) -> list[str]:
     fail("model.path", "is empty; give a diffusers Wan2.1 T2V pipeline directory")
   if not os.path.isdir(config.model.path):
     fail("model.path", f"directory does not exist: {config.model.path}")
+  index = os.path.join(config.model.path, "model_index.json")
+  if os.path.isfile(index):
+    with open(index) as f:
+      two_experts = json.load(f).get("boundary_ratio") is not None
+    if two_experts:
+      fail("model.path", f"{config.model.path} is a two-expert (Wan2.2 A14B) pipeline; erasing it (an eraser "
+                         "set per expert) is not supported yet")
   for field in ("dtype", "text_dtype"):
     if config.model[field] not in DTYPES:
       fail(f"model.{field}", f"{config.model[field]!r}: choose float32 or bfloat16")
