@@ -122,8 +122,9 @@ def test_lora_export_loads_with_load_lora_weights(tmp_path, config_name):
   base = torch_velocity(pipe.transformer, x, t, text)
   export_lora(model, tmp_path / "lora")
   export_lora(model, tmp_path / "eraser_lora.safetensors")
+  export_lora(model, tmp_path / "eraser_lora_comfyui.safetensors", layout="comfyui")  # alphas, unfolded B
   assert os.listdir(tmp_path / "lora") == [LORA_WEIGHT_NAME]
-  for src in (tmp_path / "lora", tmp_path / "eraser_lora.safetensors"):
+  for src in (tmp_path / "lora", tmp_path / "eraser_lora.safetensors", tmp_path / "eraser_lora_comfyui.safetensors"):
     pipe.load_lora_weights(str(src), adapter_name="eraser")
     err = max_err(torch_velocity(pipe.transformer, x, t, text), ours)
     print(f"{config_name} lora via load_lora_weights({src.name}): max abs err {err:.2e}")
@@ -354,3 +355,36 @@ def test_the_export_cli_refuses_to_write_over_its_inputs(tiny_erased, tmp_path, 
                  "--overwrite"]) == 2
     assert "lies inside the source" in capsys.readouterr().err
   assert sorted((p.name, p.read_bytes()) for p in (tmp_path / "e").iterdir()) == before
+
+
+def test_comfyui_lora_follows_comfyui_conventions(save_diffusers_transformer, tmp_path):
+  """ComfyUI applies a LoRA to the original-layout weight of each `diffusion_model.` key as
+  W + (alpha / rank) · lora_B @ lora_A, rank = lora_A's rows: done here by hand on the original-layout
+  checkpoint, it gives the weights our merged export computes with."""
+  import safetensors.torch
+  from t2vu_jax.models.wan_params import save_wan
+  _, path = save_diffusers_transformer(TINY)
+  model = erased(path, "lora", rank=4, alpha=6.0)
+  export_lora(model, tmp_path / "comfy.safetensors", layout="comfyui")
+  lora = safetensors.torch.load_file(str(tmp_path / "comfy.safetensors"))
+  assert all(k.startswith("diffusion_model.blocks.") and ".cross_attn." in k for k in lora)
+  assert len(lora) == 3 * 4 * TINY["num_layers"] and float(lora["diffusion_model.blocks.0.cross_attn.q.alpha"]) == 6.0
+
+  save_wan(t2vu_jax.load_transformer(path, progress=False), tmp_path / "base", progress=False)
+  save_wan(export_merged_model(model), tmp_path / "merged", progress=False)
+  base, merged = (safetensors.torch.load_file(str(next((tmp_path / d).glob("*.safetensors"))))
+                  for d in ("base", "merged"))
+  patched = dict(base)
+  for key in (k[len("diffusion_model."):-len(".lora_A.weight")] for k in lora if k.endswith(".lora_A.weight")):
+    down, up = lora[f"diffusion_model.{key}.lora_A.weight"], lora[f"diffusion_model.{key}.lora_B.weight"]
+    alpha = float(lora[f"diffusion_model.{key}.alpha"])
+    patched[f"{key}.weight"] = base[f"{key}.weight"] + (alpha / down.shape[0]) * (up @ down)
+  assert sorted(patched) == sorted(merged)
+  for k in merged:
+    np.testing.assert_allclose(patched[k].numpy(), merged[k].numpy(), rtol=0, atol=1e-6, err_msg=k)
+  assert any(not torch.equal(base[k], merged[k]) for k in merged)  # the LoRA changes the weights
+
+
+def export_merged_model(model):
+  from t2vu_jax.models.erasers import merge_lora
+  return merge_lora(nnx.clone(model))

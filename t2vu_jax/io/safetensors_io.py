@@ -144,7 +144,8 @@ def write_safetensors(path: str, specs: Iterable[TensorSpec], metadata: dict[str
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for s in specs:
-      a = np.ascontiguousarray(s.produce(), dtype=s.dtype)
+      a = np.asarray(s.produce(), dtype=s.dtype)
+      a = np.ascontiguousarray(a) if a.ndim else a  # ascontiguousarray would make a scalar 1-d
       if a.shape != tuple(s.shape):
         raise ValueError(f"tensor {s.name!r}: produced shape {a.shape}, declared {tuple(s.shape)}")
       f.write(a.reshape(-1).view(np.uint8).data)

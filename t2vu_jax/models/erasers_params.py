@@ -6,7 +6,10 @@ and a diffusers transformer with LoRA erasers merged in.
   plain PyTorch. `export_adapter` is `save_erasers` under its export name.
 - `export_lora`: LoRA erasers as a diffusers LoRA file (`WanPipeline.load_lora_weights`), keys
   `transformer.blocks.{i}.attn2.{to_q,to_k,to_v,to_out.0}.lora_{A,B}.weight`, A (r, D), B (D, r),
-  with our scale alpha/r folded into B (diffusers loads files without alphas at scale 1).
+  with our scale alpha/r folded into B (diffusers loads files without alphas at scale 1); or, with
+  `layout="comfyui"` (export format `lora_comfyui`), in the original Wan / ComfyUI key format
+  `diffusion_model.blocks.{i}.cross_attn.{q,k,v,o}.lora_{A,B}.weight` with each pair's `alpha`, which
+  ComfyUI's LoRA loader and diffusers' `load_lora_weights` both read (scale alpha/r).
 - `export_merged`: LoRA erasers folded into the cross-attention weights, written as a stock diffusers
   `WanTransformer3DModel` directory. Adapter erasers are refused: their GELU MLP on an attention
   output has no place in the stock architecture, so no weights of it compute the erased model.
@@ -30,7 +33,9 @@ from t2vu_jax.models.wan import WanTransformer
 from t2vu_jax.models.wan_params import save_diffusers
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
-EXPORT_FORMATS = ("adapter", "lora", "merged")
+EXPORT_FORMATS = ("adapter", "lora", "lora_comfyui", "merged")
+LORA_LAYOUTS = ("diffusers", "comfyui")
+_ORIGINAL_ATTENTION = {"to_q": "q", "to_k": "k", "to_v": "v", "to_out": "o"}  # diffusers -> original Wan names
 F32 = np.dtype(np.float32)
 
 
@@ -115,27 +120,37 @@ def load_erasers_into(model: WanTransformer, path: str) -> WanTransformer:
   return model
 
 
-def lora_specs(model: WanTransformer) -> list[TensorSpec]:
-  """The diffusers LoRA tensors of `model`'s LoRA erasers (scale folded into lora_B)."""
+def lora_specs(model: WanTransformer, layout: str = "diffusers") -> list[TensorSpec]:
+  """The LoRA tensors of `model`'s LoRA erasers: diffusers keys with the scale folded into lora_B, or
+  (layout "comfyui") original Wan keys with the scale as each pair's alpha."""
   erasers, cfg = _erasers(model)
   if cfg.kind != "lora":
     raise ValueError(f"the model's erasers are {cfg.kind!r}, not LoRA: they have no LoRA form; export them "
                      "with --as adapter (convert/torch_erasers.py attaches them in PyTorch)")
+  if layout not in LORA_LAYOUTS:
+    raise ValueError(f"unknown LoRA layout {layout!r}; choose one of {LORA_LAYOUTS}")
   n, d, r, scale = model.config.num_layers, model.config.dim, cfg.rank, cfg.lora_scale
-  produce = _lazy_layers(erasers, lambda param: scale if param.endswith("_b") and scale != 1 else None)
+  fold = layout == "diffusers" and scale != 1
+  produce = _lazy_layers(erasers, lambda param: scale if fold and param.endswith("_b") else None)
   specs = []
   for i in range(n):
     for ours, theirs in fmt.LORA_TARGETS.items():
-      key = f"transformer.blocks.{i}.attn2.{'to_out.0' if theirs == 'to_out' else theirs}"
+      if layout == "diffusers":
+        key = f"transformer.blocks.{i}.attn2.{'to_out.0' if theirs == 'to_out' else theirs}"
+      else:
+        key = f"diffusion_model.blocks.{i}.cross_attn.{_ORIGINAL_ATTENTION[theirs]}"
       specs.append(TensorSpec(f"{key}.lora_A.weight", (r, d), F32, produce(f"{ours}_a", i)))
       specs.append(TensorSpec(f"{key}.lora_B.weight", (d, r), F32, produce(f"{ours}_b", i)))
+      if layout == "comfyui":
+        specs.append(TensorSpec(f"{key}.alpha", (), F32, lambda: np.float32(scale * r)))
   return specs
 
 
-def export_lora(model: WanTransformer, out: str, overwrite: bool = False) -> str:
-  """LoRA erasers as a diffusers LoRA: `out` ending in `.safetensors` is the file itself, otherwise a
-  directory holding `pytorch_lora_weights.safetensors`; either loads with `pipe.load_lora_weights(out)`."""
-  specs = lora_specs(model)
+def export_lora(model: WanTransformer, out: str, overwrite: bool = False, layout: str = "diffusers") -> str:
+  """LoRA erasers as a LoRA file (`layout`: "diffusers" or "comfyui", see the module docstring): `out`
+  ending in `.safetensors` is the file itself, otherwise a directory holding
+  `pytorch_lora_weights.safetensors`; either loads with `pipe.load_lora_weights(out)`."""
+  specs = lora_specs(model, layout)
   metadata = {"format": "pt", "t2vu_eraser_config": json.dumps(eraser_config_dict(model))}
   if str(out).endswith(".safetensors"):
     with atomic_file(out, overwrite) as tmp:
@@ -166,4 +181,6 @@ def export(model: WanTransformer, kind: str, out: str, dtype=None, overwrite: bo
     return export_merged(model, out, dtype=dtype, overwrite=overwrite, progress=progress)
   if kind not in EXPORT_FORMATS:
     raise ValueError(f"unknown export format {kind!r}; choose one of {EXPORT_FORMATS}")
-  return (export_adapter if kind == "adapter" else export_lora)(model, out, overwrite)
+  if kind == "adapter":
+    return export_adapter(model, out, overwrite)
+  return export_lora(model, out, overwrite, "comfyui" if kind == "lora_comfyui" else "diffusers")
