@@ -325,6 +325,16 @@ class Scheduler:
     return prev.astype(sample.dtype), SchedulerState(i + 1, hist, x)
 
 
+def unipc_flow_config(flow_shift: float, diffusers_version: str | None = None) -> dict:
+  """The `scheduler_config.json` of Wan's sampler: diffusers' UniPCMultistepScheduler with flow sigmas and
+  `flow_shift`, in the order diffusers writes it."""
+  version = {"_diffusers_version": diffusers_version} if diffusers_version else {}
+  return {"_class_name": UNIPC_CLASS, **version, "num_train_timesteps": 1000,
+          "prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": flow_shift, "solver_order": 2,
+          "solver_type": "bh2", "predict_x0": True, "lower_order_final": True, "timestep_spacing": "linspace",
+          "final_sigmas_type": "zero"}
+
+
 def make_scheduler(name: str, num_steps: int, shift: float, **options) -> Scheduler:
   """A "unipc" or "euler" sampler of `num_steps` steps with flow shift `shift` (diffusers defaults;
   `options` are the other `Scheduler` fields, e.g. solver_order=3)."""

@@ -27,6 +27,33 @@ from t2vu_jax.sharding import to_host
 MAX_LENGTH = 512
 
 
+SPECIALS = ("<pad>", "</s>", "<unk>")
+PUNCTUATION = ",.:;!?'-"
+
+
+def word_tokenizer(words, model_max_length: int = MAX_LENGTH):
+  """A T5-style fast tokenizer over a closed word list (`transformers.PreTrainedTokenizerFast`).
+
+  Unigram model over metaspace pieces like T5/UMT5: `<pad>` = 0, `</s>` = 1 (appended to every
+  sequence), `<unk>` = 2. Every word is one piece "▁word"; single characters and a bare "▁" are
+  low-scoring fallbacks, so any lower-case ASCII text (after the lower-casing normalizer) still
+  tokenizes without `<unk>`, just in more pieces.
+  """
+  import string
+  import transformers
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+  fallback = ["▁"] + list(PUNCTUATION) + list(string.ascii_lowercase + string.digits)
+  pieces = [(p, 0.0) for p in SPECIALS] + [(f"▁{w}", -2.0) for w in words] + [(c, -10.0) for c in fallback]
+  tok = Tokenizer(models.Unigram(pieces, unk_id=SPECIALS.index("<unk>")))
+  tok.normalizer = normalizers.Lowercase()
+  tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+  tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+  tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                     special_tokens=[("</s>", 1)])
+  return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
+                                              unk_token="<unk>", model_max_length=model_max_length)
+
+
 def text_length(tokenizer) -> int:
   """Tokens every prompt is padded to: Wan's 512, or fewer when the tokenizer declares a shorter
   `model_max_length` (the toy world's 16-token prompts need no 512-token context)."""

@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 
 from t2vu_jax import text
+from t2vu_jax.schedulers import unipc_flow_config
 from t2vu_jax.cli import usage_error
 from t2vu_jax.io.atomic import atomic_directory, check_writable
 from t2vu_jax.models.umt5 import UMT5Config, UMT5Encoder
@@ -153,10 +154,7 @@ def save_pipeline(model: ToyModel, tokenizer, out: str, flow_shift: float = FLOW
     save_umt5(model.text_encoder, os.path.join(tmp, "text_encoder"), dtype="float32")
     tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
     os.makedirs(os.path.join(tmp, "scheduler"))
-    scheduler = {"_class_name": "UniPCMultistepScheduler", "_diffusers_version": DIFFUSERS_VERSION,
-                 "num_train_timesteps": 1000, "prediction_type": "flow_prediction", "use_flow_sigmas": True,
-                 "flow_shift": flow_shift, "solver_order": 2, "solver_type": "bh2", "predict_x0": True,
-                 "lower_order_final": True, "timestep_spacing": "linspace", "final_sigmas_type": "zero"}
+    scheduler = unipc_flow_config(flow_shift, DIFFUSERS_VERSION)
     index = {"_class_name": "WanPipeline", "_diffusers_version": DIFFUSERS_VERSION,
              "scheduler": ["diffusers", "UniPCMultistepScheduler"],
              "text_encoder": ["transformers", "UMT5EncoderModel"],
