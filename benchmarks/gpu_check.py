@@ -1,10 +1,14 @@
-"""GPU check: forward time, erasure train-step time and MFU of a random-weight Wan2.1 1.3B.
+"""GPU check: forward time, erasure train-step time and MFU of a random-weight Wan transformer.
 
   bash benchmarks/gpu_check.sh                   # on a GPU machine (refuses without one)
+  bash benchmarks/gpu_check.sh --model 5b        # Wan2.2 TI2V-5B (or --model 14b)
   python benchmarks/gpu_check.py --tiny          # CPU smoke test of this script at a toy size
 
 Default setting: Wan 1.3B with random bf16 weights, one 480x832 video of 17 frames (latents
-16x5x60x104: 7800 video tokens) and 512 text tokens, cuDNN fused attention, blocks rematerialised
+16x5x60x104: 7800 video tokens) and 512 text tokens; `--model 14b` is Wan2.1 14B (the architecture of
+each Wan2.2 A14B expert) on the same latents, `--model 5b` Wan2.2 TI2V-5B on the 48-channel latents of
+the Wan2.2 VAE (spatial stride 16: 48x5x30x52, 1950 tokens) with one timestep for all tokens, which is
+what its text-to-video path computes; cuDNN fused attention, blocks rematerialised
 (`remat=full`). The train step is the whole erasure objective on given training points (erasers-off
 v_c and v∅ with the concept attention, the erasers-on forward with the localization term, the
 preservation forwards), its eraser gradients and an Adam update, with adapter erasers of rank 128.
@@ -37,10 +41,14 @@ def timed(fn, repeats):
   return first, times
 
 
+MODELS = {"1.3b": ("wan_1_3b", 8), "14b": ("wan_14b", 8), "5b": ("wan22_5b", 16)}  # config, VAE spatial stride
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--tiny", action="store_true",
                  help="CPU smoke test: a 2-layer, 128-wide model on 1x4x8 latents and 16 text tokens, any device")
+  p.add_argument("--model", default="1.3b", choices=sorted(MODELS), help="Wan transformer to time")
   p.add_argument("--frames", type=int, default=17)
   p.add_argument("--height", type=int, default=480)
   p.add_argument("--width", type=int, default=832)
@@ -73,8 +81,9 @@ def main(argv=None) -> int:
     cfg = WanConfig(num_attention_heads=2, attention_head_dim=64, ffn_dim=256, num_layers=2, text_dim=64)
     latent, text_len, rank = (1, 16, 1, 8, 8), 16, 8
   else:
-    cfg = WanConfig.wan_1_3b()
-    latent = (1, cfg.in_channels, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    make, stride = MODELS[args.model]
+    cfg = getattr(WanConfig, make)()
+    latent = (1, cfg.in_channels, (args.frames - 1) // 4 + 1, args.height // stride, args.width // stride)
     text_len, rank = 512, args.rank
   attention = args.attention or ("xla" if args.tiny else "cudnn")
   tokens = latent[2] * (latent[3] // 2) * (latent[4] // 2)
@@ -116,7 +125,8 @@ def main(argv=None) -> int:
           (f"erasure train step ({FORWARDS_PER_STEP} forward-equivalents)", step_first, step_times,
            FORWARDS_PER_STEP * fwd_flops)]
   stats = device.memory_stats() or {}
-  name = "Wan 1.3B" if not args.tiny else "tiny Wan (--tiny smoke test)"
+  name = {"1.3b": "Wan 1.3B", "14b": "Wan 14B", "5b": "Wan2.2 TI2V-5B"}[args.model] if not args.tiny \
+      else "tiny Wan (--tiny smoke test)"
   print(f"\n{name}, random weights ({params:,} parameters, built in {build_s:.1f} s), latents "
         f"{'x'.join(map(str, latent[1:]))} ({tokens} video + {text_len} text tokens), batch 1, {args.dtype}, "
         f"attention {attention}, remat {args.remat}, eraser adapter rank {rank}")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU check: forward time, erasure train-step time and MFU of a random-weight Wan2.1 1.3B at
-# 480x832x17 (latents 16x5x60x104), bf16, cuDNN attention, on the first GPU. Needs an NVIDIA GPU
-# and jax with CUDA; refuses otherwise. Took about a minute on an H200 (stopped at 8 minutes).
+# GPU check: forward time, erasure train-step time and MFU of a random-weight Wan transformer (Wan2.1
+# 1.3B by default; --model 14b, or --model 5b for Wan2.2 TI2V-5B) at 480x832x17, bf16, cuDNN attention,
+# on the first GPU. Needs an NVIDIA GPU and jax with CUDA; refuses otherwise. The 1.3B check took about
+# a minute on an H200 (stopped at 8 minutes).
 #
-#   bash benchmarks/gpu_check.sh [options of benchmarks/gpu_check.py, e.g. --repeats 10]
+#   bash benchmarks/gpu_check.sh [options of benchmarks/gpu_check.py, e.g. --model 5b --repeats 10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

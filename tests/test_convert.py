@@ -239,6 +239,16 @@ def test_wan22_ti2v_5b_channels_load_and_the_named_architectures(save_diffusers_
   config = dict(TINY, in_channels=48, out_channels=48)
   _, src = save_diffusers_transformer(config, name="ti2v")
   assert t2vu_jax.load_transformer(src, progress=False).config.in_channels == 48
+  # The original Wan2.2 layout: TI2V-5B's config says model_type "ti2v"; an I2V model is still refused.
+  save_wan(t2vu_jax.load_transformer(src, progress=False), src.parent / "ti2v_original", progress=False)
+  original = json.loads((src.parent / "ti2v_original" / "config.json").read_text())
+  for model_type, ok in (("ti2v", True), ("i2v", False)):
+    (src.parent / "ti2v_original" / "config.json").write_text(json.dumps({**original, "model_type": model_type}))
+    if ok:
+      assert t2vu_jax.load_transformer(src.parent / "ti2v_original", progress=False).config.in_channels == 48
+    else:
+      with pytest.raises(ValueError, match="model_type='i2v'; only text-to-video"):
+        t2vu_jax.load_transformer(src.parent / "ti2v_original", progress=False)
   five = wan_params.WanConfig.wan22_5b()
   assert (five.dim, five.num_layers, five.ffn_dim, five.in_channels, five.out_channels) == (3072, 30, 14336, 48, 48)
   assert wan_params.WanConfig.wan22_a14b() == wan_params.WanConfig.wan_14b()

@@ -253,8 +253,8 @@ def _config_from_json(d: dict, where: str) -> WanConfig | None:
   if "num_attention_heads" in d or d.get("_class_name") == "WanTransformer3DModel":
     return WanConfig.from_dict(d)
   if "dim" in d and "num_heads" in d:  # original Wan-AI config
-    if d.get("model_type", "t2v") != "t2v":
-      raise CheckpointError(f"{where}: model_type={d['model_type']!r}; only text-to-video (t2v) Wan "
+    if d.get("model_type", "t2v") not in ("t2v", "ti2v"):  # ti2v: Wan2.2 TI2V-5B, whose T2V path we run
+      raise CheckpointError(f"{where}: model_type={d['model_type']!r}; only text-to-video (t2v, ti2v) Wan "
                             "checkpoints are supported (I2V/FLF2V/VACE are not)")
     try:
       return config_from_original(d)
