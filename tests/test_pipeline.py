@@ -42,7 +42,7 @@ def test_generate_matches_diffusers(wan_pipeline_dir, scheduler, shift, guidance
   assert as_uint8.dtype == np.uint8 and np.abs(as_uint8 / 255.0 - got).max() <= 0.5 / 255 + 1e-6
 
 
-@pytest.mark.parametrize("scheduler,guidance_2", [("unipc", 2.5), ("euler", None)])
+@pytest.mark.parametrize("scheduler,guidance_2", [("unipc", 2.5), pytest.param("euler", None, marks=pytest.mark.slow)])
 def test_two_expert_wan22_pipeline_matches_diffusers(wan_pipeline_dir, scheduler, guidance_2):
   """Wan2.2 A14B: transformer (high noise) above boundary_ratio x 1000, transformer_2 below, each with
   its own guidance (guidance_scale_2 defaults to guidance_scale)."""

@@ -57,6 +57,7 @@ def test_a_small_random_pipeline_is_a_function_of_its_seed_and_generates():
   assert video.shape == (1, 5, 32, 32, 3) and np.isfinite(video).all() and video.std() > 0.01
 
 
+@pytest.mark.slow  # a fresh 8-device process (about 40 s)
 def test_sharded_at_creation_on_eight_devices():
   """On 8 simulated devices the weights are created in their fsdp shards and sample the latents one
   device samples."""
