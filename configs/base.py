@@ -36,6 +36,7 @@ def get_config():
   c.prompts.evaluate = ""        # evaluation prompts disjoint from training: JSONL pool(s) or an authors' CSV
 
   c.eval = ml_collections.ConfigDict(dict(num_prompts=4, seeds=1, steps=50, guidance=5.0, frames=81,
-                                          height=480, width=832, fps=16, scorer="none", score_every=1))
+                                          height=480, width=832, fps=16, scorer="none", score_every=1,
+                                          decode_chunk=1))  # latent frames per VAE decode step
   c.export = ml_collections.ConfigDict(dict(formats="adapter", dtype="bfloat16"))
   return c

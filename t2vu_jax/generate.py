@@ -43,8 +43,9 @@ def _check_args(args) -> None:
   """Everything that can be checked before any weights are read."""
   from t2vu_jax.pipeline import check_pipeline_dir, check_video_shape
   check_video_shape(args.height, args.width, args.frames)
-  if args.fps < 1:
-    raise ValueError(f"--fps must be >= 1, got {args.fps}")
+  for flag in ("fps", "decode_chunk"):
+    if getattr(args, flag) < 1:
+      raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
   if not args.prompt.strip():
     raise ValueError("--prompt is empty")
   if os.path.splitext(args.out)[1].lower() not in VIDEO_SUFFIXES:
@@ -82,6 +83,8 @@ def main(argv=None) -> int:
   p.add_argument("--save-array", default=None, help="also save the uint8 frames (F, H, W, 3) as .npy")
   p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   p.add_argument("--fps", type=int, default=16)
+  p.add_argument("--decode-chunk", type=int, default=1,
+                 help="latent frames per VAE decode step: memory grows with it, not with the video")
   p.add_argument("--cache-dir", default=None, help="on-disk prompt embedding cache")
   args = p.parse_args(argv)
 
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
     latents = np.load(args.latents) if args.latents else None
     from t2vu_jax.pipeline import load_pipeline
     pipe = load_pipeline(args.model, args.dtype, transformer=args.transformer, cache_dir=args.cache_dir)
+    pipe.decode_chunk = args.decode_chunk
     frames = pipe.generate(args.prompt, args.negative_prompt, args.height, args.width, args.frames,
                            args.steps, args.guidance, args.shift, args.seed, latents, args.scheduler,
                            guidance_2=args.guidance_2)[0]

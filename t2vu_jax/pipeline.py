@@ -120,7 +120,8 @@ class WanPipeline:
   """Loaded Wan T2V components; `generate` turns prompts into videos. Without a VAE (`vae=None`)
   the transformer works in pixel space: its "latents" are the RGB frames in [-1, 1]. A Wan2.2 A14B
   pipeline has a second, low-noise expert `transformer_2`, which samples the steps whose timestep is
-  below `boundary_ratio` x the scheduler's training timesteps."""
+  below `boundary_ratio` x the scheduler's training timesteps. The VAE decodes `decode_chunk` latent
+  frames at a time (after the first): memory grows with the chunk, not the video."""
   transformer: WanTransformer
   text_encoder: UMT5Encoder
   tokenizer: object
@@ -129,6 +130,7 @@ class WanPipeline:
   embedding_cache: text.EmbeddingCache | None = None
   transformer_2: WanTransformer | None = None
   boundary_ratio: float | None = None
+  decode_chunk: int = 1
 
   @property
   def boundary(self) -> float | None:
@@ -157,7 +159,7 @@ class WanPipeline:
     latents = jnp.asarray(latents, jnp.float32)
     if self.vae is None:
       return np.asarray(_pixels_to_frames(latents))
-    return np.asarray(_decode(self.vae, latents))
+    return np.asarray(_decode(self.vae, latents, self.decode_chunk))
 
   def latent_shape(self, batch: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
     return latent_shape(batch, self.transformer.config.in_channels, height, width, num_frames,
@@ -230,9 +232,9 @@ def _pixels_to_frames(video):
   return jnp.clip(jnp.transpose(video, (0, 2, 3, 4, 1)) / 2 + 0.5, 0.0, 1.0)
 
 
-@nnx.jit
-def _decode(vae: WanVAE, latents):
-  return _pixels_to_frames(vae.decode(denormalize_latents(latents, vae.config)))
+@nnx.jit(static_argnums=(2,))
+def _decode(vae: WanVAE, latents, chunk: int):
+  return _pixels_to_frames(vae.decode(denormalize_latents(latents, vae.config), chunk))
 
 
 def is_absent(meta: dict, component: str) -> bool:

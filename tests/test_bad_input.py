@@ -194,11 +194,12 @@ def test_an_overflowing_csv_seed_names_the_row(tmp_path):
     read_prompt_csv(path)
 
 
-def test_generate_refuses_fps_0_before_loading(tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--fps", "--decode-chunk"])
+def test_generate_refuses_a_zero_count_before_loading(flag, tmp_path, capsys):
   from t2vu_jax import generate
   assert generate.main(["--model", str(tmp_path), "--prompt", "a cat", "--out", str(tmp_path / "c.mp4"),
-                        "--fps", "0"]) == 2
-  assert "--fps must be >= 1, got 0" in capsys.readouterr().err
+                        flag, "0"]) == 2
+  assert f"{flag} must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_a_prompt_longer_than_the_text_length_warns():

@@ -109,6 +109,7 @@ def test_prompt_anchor_run_encodes_anchors_and_refuses_stale_embeddings(wan_pipe
     ({"eval.scorer": "clip"}, "config.eval.scorer"),
     ({"mesh": "2x1x1x1"}, "config.mesh"),
     ({"eval.seeds": 0}, "config.eval.seeds"),
+    ({"eval.decode_chunk": 0}, "config.eval.decode_chunk"),
     ({"objective.anchor": "concept"}, "config.objective"),
 ])
 def test_bad_config_values_are_rejected_before_any_work(tmp_path, change, field):

@@ -147,6 +147,7 @@ class ErasureJob:
       from t2vu_jax.pipeline import load_pipeline
       self.pipe = load_pipeline(self.config.model.path, self.config.model.dtype, self.config.model.text_dtype,
                                 cache_dir=self.path("embedding_cache"), progress=self.progress, mesh=self.mesh)
+      self.pipe.decode_chunk = self.config.eval.decode_chunk
     return self.pipe
 
   def prompt_set(self) -> ErasureSet:

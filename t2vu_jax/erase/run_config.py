@@ -185,7 +185,7 @@ def _validate_export(config) -> None:
 
 
 def _validate_eval(config, stages) -> None:
-  for field in ("num_prompts", "seeds", "steps", "score_every", "fps"):
+  for field in ("num_prompts", "seeds", "steps", "score_every", "fps", "decode_chunk"):
     if config.eval[field] < 1:
       fail(f"eval.{field}", f"must be >= 1, got {config.eval[field]}")
   try:

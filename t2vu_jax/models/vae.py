@@ -329,15 +329,21 @@ class Encoder(nnx.Module):
     return x, tuple(cache)
 
 
-def run_chunks(step, first, rest):
-  """Apply `step(x, cache) -> (y, cache)` to `first` (cache None) and then to each chunk of `rest`
-  (B, N, chunk, ...) in order with `lax.scan`; concatenates the outputs along frames."""
+def run_chunks(step, first, rest, chunk: int):
+  """Apply `step(x, cache) -> (y, cache)` to `first` (cache None), then to the frames of `rest`
+  (B, F, ...) `chunk` at a time in order — a `lax.scan` over the whole chunks, then the shorter last
+  one — and concatenate the outputs along frames. Only one chunk's activations are live at a time."""
   y, cache = step(first, None)
-  if rest.shape[1] == 0:
-    return y
-  _, ys = jax.lax.scan(lambda c, x: step(x, c)[::-1], cache, jnp.moveaxis(rest, 1, 0))
-  ys = jnp.moveaxis(ys, 0, 1)
-  return jnp.concatenate([y, ys.reshape(ys.shape[0], -1, *ys.shape[3:])], axis=1)
+  outputs = [y]
+  b, f = rest.shape[:2]
+  whole = f // chunk
+  if whole:
+    chunks = jnp.moveaxis(rest[:, :whole * chunk].reshape(b, whole, chunk, *rest.shape[2:]), 1, 0)
+    cache, ys = jax.lax.scan(lambda c, x: step(x, c)[::-1], cache, chunks)
+    outputs.append(jnp.moveaxis(ys, 0, 1).reshape(b, -1, *ys.shape[3:]))
+  if f % chunk:
+    outputs.append(step(rest[:, whole * chunk:], cache)[0])
+  return jnp.concatenate(outputs, axis=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,15 +362,18 @@ class WanVAE(nnx.Module):
     self.post_quant_conv = CausalConv3d(z, z, 1, dtype=dtype, rngs=rngs)
     self.decoder = Decoder(cfg, dtype, rngs)
 
-  def decode(self, z):
+  def decode(self, z, chunk: int = 1):
     """Raw (de-normalised) latents (B, z_dim, T, h, w) -> video (B, 3, 1 + 4(T-1), 8h, 8w) in [-1, 1].
 
-    Latent frame by latent frame, as diffusers' `AutoencoderKLWan.decode` (without tiling).
+    The first latent frame, then `chunk` latent frames at a time (1: diffusers'
+    `AutoencoderKLWan.decode` without tiling), with the causal caches carried from chunk to chunk:
+    every chunk size gives the same video, and memory grows with the chunk, not the video.
     """
+    if chunk < 1:
+      raise ValueError(f"decode chunk must be >= 1 latent frame, got {chunk}")
     x = jnp.moveaxis(jnp.asarray(z), 1, -1).astype(self.dtype)
     x = self.post_quant_conv(x)[0]
-    b, t, h, w, c = x.shape
-    video = run_chunks(self.decoder, x[:, :1], x[:, 1:].reshape(b, t - 1, 1, h, w, c))
+    video = run_chunks(self.decoder, x[:, :1], x[:, 1:], chunk)
     return jnp.clip(jnp.moveaxis(video, -1, 1), -1.0, 1.0)
 
   def encode(self, video):
@@ -377,7 +386,6 @@ class WanVAE(nnx.Module):
     b, f, h, w, c = x.shape
     if (f - 1) % ENCODER_CHUNK:
       raise ValueError(f"video has {f} frames; the Wan VAE encodes 1 + {ENCODER_CHUNK}k frames")
-    rest = x[:, 1:].reshape(b, (f - 1) // ENCODER_CHUNK, ENCODER_CHUNK, h, w, c)
-    moments = self.quant_conv(run_chunks(self.encoder, x[:, :1], rest))[0]
+    moments = self.quant_conv(run_chunks(self.encoder, x[:, :1], x[:, 1:], ENCODER_CHUNK))[0]
     mean, logvar = jnp.split(jnp.moveaxis(moments, -1, 1), 2, axis=1)
     return mean, jnp.clip(logvar, -30.0, 20.0)
