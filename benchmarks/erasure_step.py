@@ -53,7 +53,8 @@ def main():
   from torch_erasure import TorchErasers, erasure_objective
   from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig
   from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step, merge_model
-  from t2vu_jax.erase.trajectory import TrajectoryConfig, TrajectoryPool
+  from t2vu_jax.erase.pool import TrajectoryPool
+  from t2vu_jax.erase.trajectory import TrajectoryConfig
   from t2vu_jax.models.erasers import EraserConfig, attach_erasers
 
   jax.config.update("jax_default_matmul_precision", "highest")

@@ -9,7 +9,8 @@ import t2vu_jax
 from builders import TINY
 from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig, erasure_loss
 from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step, merge_model
-from t2vu_jax.erase.trajectory import TrajectoryConfig, TrajectoryPool
+from t2vu_jax.erase.pool import TrajectoryPool, pool_noise_key
+from t2vu_jax.erase.trajectory import TrajectoryConfig
 from t2vu_jax.models.erasers import EraserConfig, EraserParam, attach_erasers
 
 LATENTS = (1, 4, 3, 4, 6)
@@ -88,7 +89,6 @@ def test_pooled_frozen_trajectories(tiny_model):
   assert np.isfinite(float(metrics["loss"])) and int(state.step) == 1
   # Pool trajectories are the frozen model's: step k of the pool equals sampling k + 1 steps directly.
   from t2vu_jax.pipeline import sample
-  from t2vu_jax.erase.trajectory import pool_noise_key
   direct = sample(model, trajectory.make_scheduler(), jax.random.normal(pool_noise_key(0, 0, 0), LATENTS[1:])[None],
                   batch.cond, batch.uncond, trajectory.guidance, steps=2, erasers=False)
   np.testing.assert_allclose(pool.latents[0, 0, 1], np.asarray(direct[0]), atol=1e-5)

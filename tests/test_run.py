@@ -72,6 +72,29 @@ def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_p
     np.testing.assert_array_equal(np.asarray(a[1][...]), np.asarray(b[1][...]))
 
 
+def test_a_pooled_run_builds_its_pools_once_and_resumes(wan_pipeline_dir, tmp_path):
+  _, path = wan_pipeline_dir()
+  pooled = {"stages": "load,encode,erase", "trajectory.model": "frozen", "trajectory.pool_repeats": 2,
+            "trajectory.pool_dtype": "bfloat16", "optim.total_steps": 2}
+  run = tmp_path / "run"
+  first = ErasureJob(tiny_config(path, run, **pooled), progress=False)
+  first.run()
+  prompts = first.prompt_set()
+  for name, entries in (("erase", prompts.erase.entries), ("preserve", prompts.preserve.entries)):
+    settings = json.loads((run / "pool" / name / "pool.json").read_text())
+    assert settings["shape"][:3] == [len(entries), 2, 2] and settings["dtype"] == "bfloat16"
+    assert len(json.loads((run / "pool" / name / "built.json").read_text())) == 2 * len(entries)
+  built = (run / "pool" / "erase" / "built.json").stat().st_mtime_ns
+  os.remove(run / "stages" / "erase")
+  longer = ErasureJob(tiny_config(path, run, **{**pooled, "optim.total_steps": 4, "trajectory.pool_cache_mb": 0}),
+                      progress=False)
+  assert longer.run()["erase"]["resumed_from"] == 2
+  assert (run / "pool" / "erase" / "built.json").stat().st_mtime_ns == built  # nothing sampled again
+  metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in metrics] == [1, 2, 3, 4] and all(np.isfinite(m["loss"]) for m in metrics)
+  assert all(m["l_pre"] > 0 for m in metrics[2:])  # preservation points come from the preserve pool
+
+
 def test_prompt_anchor_run_encodes_anchors_and_refuses_stale_embeddings(wan_pipeline_dir, tmp_path):
   from t2vu_jax.erase.prompts import anchor_prompt
   _, path = wan_pipeline_dir()
@@ -105,6 +128,7 @@ def test_prompt_anchor_run_encodes_anchors_and_refuses_stale_embeddings(wan_pipe
     ({"eraser.placement": "ffn"}, "config.eraser"),
     ({"prompts.erase": "missing.jsonl"}, "config.prompts.erase"),
     ({"trajectory.model": "mixed"}, "config.trajectory"),
+    ({"trajectory.pool_repeats": 2}, "config.trajectory"),
     ({"export.formats": "lora"}, "config.export.formats"),
     ({"eval.scorer": "clip"}, "config.eval.scorer"),
     ({"mesh": "2x1x1x1"}, "config.mesh"),

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from t2vu_jax.checkpoint import Preempted, TrainCheckpoints, preemption_guard
 from t2vu_jax.erase.objective import ErasureBatch
+from t2vu_jax.erase.pool import TrajectoryPool
 from t2vu_jax.erase.prompts import ErasureSet
 from t2vu_jax.erase.run_config import fail, settings
 from t2vu_jax.erase.train import init_train_state, make_optimizer, make_train_step
@@ -99,11 +100,30 @@ def restore_erased(transformer: WanTransformer, config, mesh, checkpoint_dir: st
   return nnx.merge(graphdef, restored["erasers"], state.base), {"step": step, "latest_step": saved.latest_step()}
 
 
-class StepBatches:
-  """The batch of every step from the stored embeddings (`embeddings.npz` of the encode stage)."""
+def trajectory_pools(transformer: WanTransformer, config, embeddings, latent_shape, run_dir: str,
+                     primary: bool, progress: bool) -> dict[str, TrajectoryPool]:
+  """{"erase", "preserve"}: the frozen-model trajectory pools of the training prompts, built (or
+  completed) on disk under `run_dir/pool`; empty without `trajectory.pool_repeats`."""
+  trajectory = settings(config, "trajectory")
+  if not trajectory.pool_repeats:
+    return {}
+  pools = {}
+  for name in ("erase", "preserve"):
+    if len(embeddings[name]):
+      pools[name] = TrajectoryPool.build(
+          transformer, trajectory.make_scheduler(), embeddings[name], embeddings["empty"], trajectory.guidance,
+          latent_shape[1:], repeats=trajectory.pool_repeats, seed=config.seed, batch_size=latent_shape[0],
+          progress=progress, directory=os.path.join(run_dir, "pool", name), dtype=trajectory.pool_dtype,
+          cache_bytes=trajectory.pool_cache_mb << 20, write=primary)
+  return pools
 
-  def __init__(self, embeddings, prompts: ErasureSet, config):
-    self.data, self.prompts, self.config = embeddings, prompts, config
+
+class StepBatches:
+  """The batch of every step from the stored embeddings (`embeddings.npz` of the encode stage), with
+  training points drawn from `pools` when the run has them (else the step samples them)."""
+
+  def __init__(self, embeddings, prompts: ErasureSet, config, pools: dict[str, TrajectoryPool] | None = None):
+    self.data, self.prompts, self.config, self.pools = embeddings, prompts, config, pools or {}
     self.index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
     self.pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
     self.empty = jnp.asarray(embeddings["empty"])[None]
@@ -117,9 +137,16 @@ class StepBatches:
                          uncond=jnp.broadcast_to(self.empty, (len(rows), *self.empty.shape[1:])),
                          concept_mask=jnp.asarray(data["concept_mask"][rows]),
                          anchor=jnp.asarray(data["anchor"][rows]) if self.anchored else None)
+    rng = np.random.default_rng((c.seed, step))  # the points of a step do not depend on where a run resumed
+    if "erase" in self.pools:
+      x_t, t, sigma = self.pools["erase"].draw(rng, rows)
+      batch = batch._replace(x_t=jnp.asarray(x_t), t=jnp.asarray(t), sigma=jnp.asarray(sigma))
     if preserve:
       pre_rows = np.array([self.pre_index[e.prompt] for e in preserve])[:len(rows)]
       batch = batch._replace(cond_pre=jnp.asarray(data["preserve"][pre_rows]))
+      if "preserve" in self.pools:
+        x_pre, t_pre, _ = self.pools["preserve"].draw(rng, pre_rows)
+        batch = batch._replace(x_pre=jnp.asarray(x_pre), t_pre=jnp.asarray(t_pre))
     return batch
 
 
@@ -144,7 +171,9 @@ def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: Erasur
     state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
     log(f"resuming erasure from step {start}")
 
-  batches = StepBatches(embeddings, prompts, config)
+  with jax.set_mesh(mesh):
+    pools = trajectory_pools(transformer, config, embeddings, latent_shape, run_dir, primary, progress)
+  batches = StepBatches(embeddings, prompts, config, pools)
   metrics_log = MetricsLog(run_dir, enabled=primary, resume_step=start)
   key = jax.random.key(config.seed)
   every = lambda n, step: (step + 1) % n == 0 or step + 1 == optim.total_steps  # noqa: E731

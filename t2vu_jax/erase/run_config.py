@@ -35,6 +35,8 @@ VIDEO_MULTIPLE = 16  # sides of a video: the VAE stride 8 times the patch 2
 # What determines the erasers a run trains: a rerun in the same run directory must not change these.
 TRAINING_FIELDS = ("seed", "model", "eraser", "objective", "trajectory", "optim", "video", "batch_size",
                    "preserve_batch_size", "prompts.erase", "prompts.preserve")
+# Fields of those groups that do not change what is trained.
+UNTRAINED_FIELDS = ("trajectory.pool_cache_mb",)
 
 
 class ConfigError(ValueError):
@@ -89,6 +91,7 @@ def training_differences(recorded: dict, config, ignore=()) -> list[str]:
   the recorded config (a `config.json` dict), except those in `ignore`. A field the record lacks is not
   compared."""
   old, new = _flat(recorded), _flat(json.loads(config.to_json_best_effort()))
+  ignore = (*ignore, *UNTRAINED_FIELDS)
   fields = [k for k in sorted(old) if k not in ignore and any(k == f or k.startswith(f + ".") for f in TRAINING_FIELDS)]
   return [f"{k}: {old[k]!r} -> {new.get(k)!r}" for k in fields if old[k] != new.get(k)]
 

@@ -3,8 +3,8 @@
 From fresh noise, sample with classifier-free guidance (concept prompt vs ∅) for k + 1 steps,
 k ∈ [0, N−2] drawn at random, and train at x_t = the latents at σ_{k+1}, t = timesteps[k+1]. On-policy
 (the default) samples with the current model, erasers on, inside the jitted train step; "frozen"
-samples with the erasers off, so trajectories do not depend on training and a `TrajectoryPool` can
-generate them once, batched, and serve them for every iteration.
+samples with the erasers off, so trajectories do not depend on training and can be sampled once into
+a pool (`t2vu_jax.erase.pool`, `pool_repeats` > 0) and drawn at every step.
 """
 from __future__ import annotations
 
@@ -12,15 +12,13 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-from tqdm.auto import tqdm
 
 from t2vu_jax import schedulers
 from t2vu_jax.models.wan import WanTransformer
-from t2vu_jax.pipeline import cfg_velocity, loop_callable, sample
+from t2vu_jax.pipeline import sample
 
 MODES = ("on_policy", "frozen")
+POOL_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,10 +28,22 @@ class TrajectoryConfig:
   shift: float = 3.0
   guidance: float = 5.0
   model: str = "on_policy"   # or "frozen": erasers off, trajectories poolable
+  # With "frozen": > 0 samples this many trajectories of every training prompt once, into a pool on
+  # disk under the run directory, and draws each step's training points from it.
+  pool_repeats: int = 0
+  pool_dtype: str = "float32"   # or "bfloat16": half the disk and cache
+  pool_cache_mb: int = 1024     # host memory bound of the pool's read cache
 
   def __post_init__(self):
     if self.model not in MODES:
       raise ValueError(f"trajectory model {self.model!r} is unknown; choose one of {MODES}")
+    if self.pool_repeats < 0 or self.pool_cache_mb < 0:
+      raise ValueError(f"pool_repeats and pool_cache_mb must be >= 0, got {self.pool_repeats} and {self.pool_cache_mb}")
+    if self.pool_repeats and self.model != "frozen":
+      raise ValueError("a trajectory pool (pool_repeats > 0) needs model='frozen': on-policy trajectories "
+                       "change with the erasers")
+    if self.pool_dtype not in POOL_DTYPES:
+      raise ValueError(f"pool_dtype {self.pool_dtype!r} is unknown; choose one of {POOL_DTYPES}")
     if self.steps < 2:
       raise ValueError(f"trajectory steps must be >= 2 (k is drawn from [0, steps - 2]), got {self.steps}")
 
@@ -56,62 +66,3 @@ def training_point(model: WanTransformer, scheduler: schedulers.Scheduler, rng, 
   t = jnp.broadcast_to(jnp.asarray(scheduler.timesteps)[k + 1], (b,))
   sigma = jnp.broadcast_to(jnp.asarray(scheduler.sigmas)[k + 1], (b,))
   return jax.lax.stop_gradient(x_t), t, sigma
-
-
-def pool_noise_key(seed: int, prompt: int, repeat: int) -> jax.Array:
-  """The key of the initial noise of prompt `prompt`'s `repeat`-th pooled trajectory."""
-  return jax.random.key(seed * 1_000_003 + prompt * 1009 + repeat)
-
-
-@nnx.jit(static_argnums=(1,))
-def _trajectories(model, scheduler, noise, cond, uncond, guidance):
-  """Latents after every step but the last: (N − 1, B, C, F, H, W), erasers off."""
-  velocity = loop_callable(model)
-  timesteps = jnp.asarray(scheduler.timesteps)
-
-  def body(carry, i):
-    x, state = carry
-    v = cfg_velocity(velocity, x.astype(model.dtype), timesteps[i], cond.astype(model.dtype),
-                     uncond.astype(model.dtype), guidance, erasers=False)
-    x, state = scheduler.step(state, v.astype(jnp.float32), x)
-    return (x, state), x
-
-  _, xs = jax.lax.scan(body, (noise, scheduler.init(noise)), jnp.arange(scheduler.num_steps - 1))
-  return xs
-
-
-@dataclasses.dataclass(frozen=True)
-class TrajectoryPool:
-  """Frozen-model trajectories, generated once: `latents[p, r, k]` is prompt p's r-th trajectory
-  after step k (at σ_{k+1}). Kept on the host."""
-  latents: np.ndarray       # (P, R, N − 1, C, F, H, W) float32
-  timesteps: np.ndarray     # (N,)
-  sigmas: np.ndarray        # (N + 1,)
-
-  @classmethod
-  def build(cls, model: WanTransformer, scheduler: schedulers.Scheduler, cond, uncond, guidance: float,
-            sample_shape, repeats: int = 1, seed: int = 0, batch_size: int = 4, progress: bool = True):
-    """Trajectories of every prompt embedding in `cond` (P, L, D), `repeats` noises each, of latents
-    shaped `sample_shape` (C, F, H, W); `uncond` is the empty prompt's embedding (L, D)."""
-    cond, uncond = np.asarray(cond), np.asarray(uncond)
-    jobs = [(p, r) for p in range(len(cond)) for r in range(repeats)]
-    out = np.zeros((len(cond), repeats, scheduler.num_steps - 1, *sample_shape), np.float32)
-    for start in tqdm(range(0, len(jobs), batch_size), desc="trajectory pool", disable=not progress):
-      chunk = jobs[start:start + batch_size]
-      pad = batch_size - len(chunk)  # one compiled shape for every chunk
-      noise = np.stack([np.asarray(jax.random.normal(pool_noise_key(seed, p, r), sample_shape, jnp.float32))
-                        for p, r in chunk])
-      noise = np.concatenate([noise, np.zeros((pad, *sample_shape), np.float32)])
-      text = np.concatenate([cond[[p for p, _ in chunk]], np.zeros((pad, *cond.shape[1:]), cond.dtype)])
-      xs = np.asarray(_trajectories(model, scheduler, jnp.asarray(noise), jnp.asarray(text),
-                                    jnp.broadcast_to(jnp.asarray(uncond), text.shape), guidance))
-      for j, (p, r) in enumerate(chunk):
-        out[p, r] = xs[:, j]
-    return cls(out, np.asarray(scheduler.timesteps), np.asarray(scheduler.sigmas))
-
-  def draw(self, rng: np.random.Generator, prompts: np.ndarray):
-    """(x_t, t, sigma) for the given prompt indices, each at a random repeat and step k."""
-    _, repeats, steps = self.latents.shape[:3]
-    r = rng.integers(0, repeats, len(prompts))
-    k = rng.integers(0, steps, len(prompts))
-    return self.latents[prompts, r, k], self.timesteps[k + 1], self.sigmas[k + 1]
