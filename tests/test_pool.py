@@ -18,7 +18,7 @@ from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig
 from t2vu_jax.erase.pool import TrajectoryPool
 from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step
 from t2vu_jax.erase.trajectory import TrajectoryConfig
-from t2vu_jax.models.erasers import EraserConfig, EraserParam, attach_erasers
+from t2vu_jax.models.erasers import EraserConfig, attach_erasers
 
 SAMPLE = (4, 3, 4, 6)
 TRAJECTORY = TrajectoryConfig(steps=5, guidance=4.0, model="frozen")
