@@ -34,6 +34,7 @@ def get_config(arg: str = ""):
   c.erasure.stages = "load,encode,erase"
   if arg == "quick":
     c.concepts = "colour:red,colour:blue+shape:cross"
+    c.variants = "full,no preservation,paper target"  # a row without a preservation set, one with objective overrides
     c.erase_per_wording, c.preserve_per_value, c.eval_videos = 1, 2, 2
     c.erasure.optim.total_steps = 1
     c.erasure.eraser.rank = 4

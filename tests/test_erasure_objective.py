@@ -44,8 +44,17 @@ def ours_with(path, kind, placement, rank, values):
   return model
 
 
-@pytest.mark.parametrize("kind,placement", ERASERS)
-@pytest.mark.parametrize("config_name,sigma_weighting", [("tiny", False), ("wide", True)])
+# Every eraser kind, placement, model config and σ weighting in the default run; the other pairings with -m slow.
+REFERENCE_CASES = [pytest.param(*case, marks=[pytest.mark.slow] if slow else [])
+                   for *case, slow in [("adapter", "cross_attn", "tiny", False, False),
+                                       ("lora", "cross_attn", "wide", True, False),
+                                       ("adapter", "self_attn", "wide", True, False),
+                                       ("lora", "cross_attn", "tiny", False, True),
+                                       ("adapter", "self_attn", "tiny", False, True),
+                                       ("adapter", "cross_attn", "wide", True, True)]]
+
+
+@pytest.mark.parametrize("kind,placement,config_name,sigma_weighting", REFERENCE_CASES)
 def test_losses_and_gradients_match_the_torch_reference(save_diffusers_transformer, kind, placement,
                                                         config_name, sigma_weighting):
   config = {"tiny": TINY, "wide": WIDE}[config_name]
