@@ -31,6 +31,10 @@ FORWARDS_PER_STEP = 7  # erasers-off cond+uncond (2), erasers-on forward+input-g
 
 
 def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if "--plan" in argv:  # the expected cost of one run config, stage by stage
+    from t2vu_jax import plan
+    return plan.main([a for a in argv if a != "--plan"])
   p = argparse.ArgumentParser(prog="python -m t2vu_jax.scaling", description=__doc__.splitlines()[0])
   p.add_argument("--model", default="1.3b", choices=["1.3b", "14b"])
   p.add_argument("--meshes", default="8x1x1x1,1x8x1x1,1x4x1x2,2x2x1x2")
@@ -53,14 +57,11 @@ def main(argv=None) -> int:
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.simulate}"
 
   import jax
-  import jax.numpy as jnp
-  from flax import nnx
 
-  from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig
-  from t2vu_jax.erase.train import OptimConfig, init_train_state, make_optimizer, make_train_step
-  from t2vu_jax.models.erasers import EraserConfig, attach_erasers
-  from t2vu_jax.models.wan import WanConfig, WanTransformer, forward_flops
-  from t2vu_jax.sharding import MeshConfig, batch_sharding, make_mesh, param_shardings
+  from t2vu_jax.models.erasers import EraserConfig
+  from t2vu_jax.models.wan import WanConfig, forward_flops
+  from t2vu_jax.plan import abstract_train_step
+  from t2vu_jax.sharding import MeshConfig, make_mesh
 
   cfg = WanConfig.wan_1_3b() if args.model == "1.3b" else WanConfig.wan_14b()
   latent = (args.batch, cfg.in_channels, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
@@ -69,32 +70,11 @@ def main(argv=None) -> int:
   rows = []
   for spec in args.meshes.split(","):
     mesh = make_mesh(MeshConfig.parse(spec), num_heads=cfg.num_attention_heads)
-
-    def build():
-      model = WanTransformer(cfg, dtype=args.dtype, rngs=nnx.Rngs(0), remat=args.remat)
-      return attach_erasers(model, EraserConfig(rank=args.rank))
-    model = nnx.eval_shape(build)
-    shardings = param_shardings(model, mesh)
-    tx = make_optimizer(OptimConfig())
-    graphdef, state = nnx.eval_shape(lambda: init_train_state(build(), tx))
-    shard = lambda tree, shard_tree: jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard_tree)
-    erasers_sh = nnx.state(shardings, lambda path, v: path[0] == "erasers")
-    base_sh = nnx.state(shardings, lambda path, v: path[0] != "erasers")
-    erasers = shard(state.erasers, erasers_sh)
-    base = shard(state.base, base_sh)
-    opt_state = jax.eval_shape(tx.init, erasers)
-    text = (args.batch, 512, cfg.text_dim)
-    arr = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(
-        shape, dtype, sharding=batch_sharding(mesh, len(shape), shape[0]))
-    b = args.batch
-    batch = ErasureBatch(x_t=arr(latent), t=arr((b,)), sigma=arr((b,)), cond=arr(text), uncond=arr(text),
-                         concept_mask=arr((b, 512)), x_pre=arr(latent), t_pre=arr((b,)), cond_pre=arr(text))
-    step = make_train_step(graphdef, tx, ObjectiveConfig())
+    jitted, abstract_args = abstract_train_step(cfg, EraserConfig(rank=args.rank), args.dtype, mesh, latent,
+                                                remat=args.remat)
     start = time.time()
     with contextlib.nullcontext() if args.unconstrained else jax.set_mesh(mesh):
-      compiled = step.jitted.lower((jax.ShapeDtypeStruct((), jnp.int32), erasers, opt_state), base, batch,
-                                   jax.random.key(0)).compile()
+      compiled = jitted.lower(*abstract_args, jax.random.key(0)).compile()
     compile_s = time.time() - start
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -105,8 +85,7 @@ def main(argv=None) -> int:
                xla_tflops=(cost or {}).get("flops", float("nan")) / 1e12,
                ideal_tflops_per_device=analytic / mesh.size / 1e12, compile_s=compile_s)
     if args.time:
-      row.update(time_step(compiled, ((jax.ShapeDtypeStruct((), jnp.int32), erasers, opt_state), base, batch),
-                           args.time, analytic, mesh, args.peak_tflops))
+      row.update(time_step(compiled, abstract_args, args.time, analytic, mesh, args.peak_tflops))
     rows.append(row)
     print(", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 

@@ -178,3 +178,11 @@ class UMT5Encoder(nnx.Module):
     x, _ = nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=(nnx.Carry, 0))(x, self.layers)
     return self.final_layer_norm(x)
 
+
+
+def forward_flops(cfg: UMT5Config, tokens: int, batch: int = 1) -> int:
+  """Analytic FLOPs of one encoder forward (matmuls only, 2 per multiply-add)."""
+  d, inner, s = cfg.d_model, cfg.num_heads * cfg.d_kv, tokens
+  ffn = (3 if cfg.is_gated else 2) * s * d * cfg.d_ff
+  per_layer = 4 * s * d * inner + 2 * s * s * inner + ffn  # q, k, v, o; scores and values; feed-forward
+  return 2 * batch * cfg.num_layers * per_layer
