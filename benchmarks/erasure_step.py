@@ -24,13 +24,24 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
 
-def best_time(fn, repeats):
-  times = []
+def timed(fn) -> float:
+  start = time.perf_counter()
+  fn()
+  return time.perf_counter() - start
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+  """name -> seconds of each of `repeats` rounds, every round calling each function once in turn, so
+  that a busy moment of a shared machine slows every side alike."""
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
+    for name, fn in fns.items():
+      times[name].append(timed(fn))
+  return times
+
+
+def summary(times) -> str:
+  return f"{min(times):9.3f} {float(np.median(times)):9.3f}"
 
 
 def main():
@@ -42,7 +53,7 @@ def main():
   p.add_argument("--text-len", type=int, default=512)
   p.add_argument("--rank", type=int, default=32)
   p.add_argument("--steps", type=int, default=10, help="sampling steps of a trajectory")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=7, help="interleaved rounds (min and median are printed)")
   args = p.parse_args()
 
   import jax
@@ -96,8 +107,7 @@ def main():
       p_.grad = torch.from_numpy(out["grads"][name])
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
-  torch_step()
-  torch_seconds = best_time(torch_step, args.repeats)
+  torch_step()  # warm-up
 
   tx = make_optimizer(OptimConfig(learning_rate=1e-4))
   graphdef, state = init_train_state(model, tx)
@@ -108,15 +118,19 @@ def main():
   def jax_step(step_fn, batch, key=jax.random.key(0)):
     holder[0], metrics = step_fn(holder[0], batch, key)
     jax.block_until_ready(metrics)
-  jax_step(pooled_step, batch)
-  ours_seconds = best_time(lambda: jax_step(pooled_step, batch), args.repeats)
+  jax_step(pooled_step, batch)  # compiles
+  times = interleaved({"PyTorch reference": torch_step, "t2vu-jax": lambda: jax_step(pooled_step, batch)},
+                      args.repeats)
 
   print(f"model: {args.layers} layers, dim {dim}, {tokens} video tokens, text {args.text_len}, "
-        f"adapter rank {args.rank}; fp32 on {os.cpu_count()} CPU cores")
-  print(f"{'train step':28s} {'seconds':>9s}")
-  print(f"{'PyTorch reference':28s} {torch_seconds:9.3f}")
-  print(f"{'t2vu-jax':28s} {ours_seconds:9.3f}")
-  print(f"time ratio ours/PyTorch: {ours_seconds / torch_seconds:.2f}x (target <= 0.5x)")
+        f"adapter rank {args.rank}; fp32 on {os.cpu_count()} CPU cores ({cpu_model()}), "
+        f"{args.repeats} interleaved rounds")
+  print(f"{'train step':28s} {'min s':>9s} {'median s':>9s}")
+  for name, t in times.items():
+    print(f"{name:28s} {summary(t)}")
+  median = {name: float(np.median(t)) for name, t in times.items()}
+  print(f"time ratio ours/PyTorch: median {median['t2vu-jax'] / median['PyTorch reference']:.2f}x, "
+        f"min {min(times['t2vu-jax']) / min(times['PyTorch reference']):.2f}x (target <= 0.5x)")
 
   # On-policy trajectories inside the step vs points drawn from a pool built once.
   trajectory = TrajectoryConfig(steps=args.steps, guidance=5.0)
@@ -143,11 +157,20 @@ def main():
     jax_step(pooled_step, batch._replace(x_t=jnp.asarray(x_t), t=jnp.asarray(t), sigma=jnp.asarray(sigma),
                                          x_pre=jnp.asarray(x_pre), t_pre=jnp.asarray(t_pre)))
   pooled()
-  pooled_seconds = best_time(pooled, args.repeats)
-  print(f"\nper iteration, {args.steps}-step trajectories")
-  print(f"{'on-policy (sampled in step)':28s} {on_policy_seconds:9.3f}")
-  print(f"{'pooled frozen trajectories':28s} {pooled_seconds:9.3f}  (pool of 2 built once in {pool_seconds:.1f} s)")
-  print(f"speed-up of pooling: {on_policy_seconds / pooled_seconds:.1f}x")
+  pooled_times = [timed(pooled) for _ in range(args.repeats)]
+  print(f"\nper iteration, {args.steps}-step trajectories   {'min s':>9s} {'median s':>9s}")
+  print(f"{'on-policy (sampled in step)':28s} {on_policy_seconds:9.3f} {on_policy_seconds:9.3f}  (mean over k)")
+  print(f"{'pooled frozen trajectories':28s} {summary(pooled_times)}  (pool of 2 built once in {pool_seconds:.1f} s)")
+  print(f"speed-up of pooling: {on_policy_seconds / float(np.median(pooled_times)):.1f}x")
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    import platform
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
