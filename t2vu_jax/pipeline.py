@@ -28,7 +28,16 @@ from t2vu_jax.sharding import placer, to_host
 
 SUBFOLDERS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
 PIXEL_STRIDE = (1, 1, 1)  # a pipeline without a VAE samples pixels (RGB in [-1, 1]) directly
-VAE_STRIDE = (4, 8, 8)  # temporal, spatial compression of the Wan VAE
+VAE_STRIDE = (4, 8, 8)  # temporal, spatial compression of the Wan2.1 VAE
+
+
+def vae_stride(vae_config) -> tuple[int, int, int]:
+  """(temporal, spatial, spatial) latent stride of a VAE config (None: pixels), from the scale factors
+  diffusers' pipeline sizes latents with (Wan2.1: 4, 8; Wan2.2: 4, 16)."""
+  if vae_config is None:
+    return PIXEL_STRIDE
+  t, s = vae_config.scale_factor_temporal or VAE_STRIDE[0], vae_config.scale_factor_spatial or VAE_STRIDE[1]
+  return (t, s, s)
 
 
 def check_video_shape(height: int, width: int, num_frames: int) -> None:
@@ -163,7 +172,7 @@ class WanPipeline:
 
   def latent_shape(self, batch: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
     return latent_shape(batch, self.transformer.config.in_channels, height, width, num_frames,
-                        VAE_STRIDE if self.vae is not None else PIXEL_STRIDE)
+                        vae_stride(None if self.vae is None else self.vae.config))
 
   def generate_latents(self, prompts, negative_prompt="", height=480, width=832, num_frames=81,
                        steps=50, guidance=5.0, shift=None, seed=0, latents=None, scheduler=None,
@@ -175,6 +184,10 @@ class WanPipeline:
     if not prompts:
       raise ValueError("generate needs at least one prompt (got an empty list)")
     check_video_shape(height, width, num_frames)
+    _, stride, _ = vae_stride(None if self.vae is None else self.vae.config)
+    multiple = stride * self.transformer.config.patch_size[1]  # latents split into the DiT's patches
+    if height % multiple or width % multiple:
+      raise ValueError(f"height and width must be multiples of {multiple} for this pipeline, got {height}x{width}")
     if steps < 1:
       raise ValueError(f"steps must be >= 1, got {steps}")
     negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
@@ -261,9 +274,6 @@ def check_pipeline_dir(path: str) -> dict:
                                           f"boundary_ratio {ratio} is set but there is no transformer_2"))
   if two and not (isinstance(ratio, (int, float)) and 0 < ratio < 1):
     raise CheckpointError(f"{index}: boundary_ratio must be a number in (0, 1), got {ratio!r}")
-  if meta.get("expand_timesteps"):
-    raise CheckpointError(f"{index}: expand_timesteps is set (Wan2.2 TI2V-5B), whose Wan2.2 VAE is not "
-                          "supported yet")
   missing = [s for s in SUBFOLDERS + (("transformer_2",) if two else ())
              if not os.path.isdir(os.path.join(path, s)) and not is_absent(meta, s)]
   if missing:
@@ -275,7 +285,9 @@ def check_pipeline_dir(path: str) -> dict:
 def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float32",
                   transformer: str | None = None, cache_dir: str | None = None,
                   progress: bool = True, mesh=None) -> WanPipeline:
-  """Load a diffusers Wan T2V pipeline directory (Wan2.1, or Wan2.2 A14B with `transformer_2`).
+  """Load a diffusers Wan T2V pipeline directory: Wan2.1, Wan2.2 A14B (`transformer_2`) or Wan2.2 TI2V-5B
+  (`expand_timesteps`, the Wan2.2 VAE; text to video, where every token has the step's timestep, so the
+  plain per-sample timestep gives the same modulation).
 
   `dtype` is the transformer's dtype, `text_dtype` the encoder's (default: `dtype`). `transformer`
   replaces the pipeline's transformer (any path `load_transformer` reads, e.g. erased weights).
@@ -310,6 +322,9 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
   if vae is None and transformer.config.in_channels != 3:
     raise CheckpointError(f"{path}: a pipeline without a VAE samples RGB pixels, but the transformer has "
                           f"{transformer.config.in_channels} input channels")
+  if vae is not None and transformer.config.in_channels != vae.config.z_dim:
+    raise CheckpointError(f"{path}: the transformer has {transformer.config.in_channels} input channels but the "
+                          f"VAE's latents have {vae.config.z_dim}")
   cache = None
   if cache_dir:
     files = [os.path.join(path, "text_encoder", f) for f in os.listdir(os.path.join(path, "text_encoder"))

@@ -62,8 +62,8 @@ def models_of(config, size: str) -> Models:
 
 def latent_shape(models: Models, batch: int, frames: int, height: int, width: int) -> tuple[int, ...]:
   from t2vu_jax import pipeline
-  stride = pipeline.PIXEL_STRIDE if models.vae is None else pipeline.VAE_STRIDE
-  return pipeline.latent_shape(batch, models.transformer.in_channels, height, width, frames, stride)
+  return pipeline.latent_shape(batch, models.transformer.in_channels, height, width, frames,
+                               pipeline.vae_stride(models.vae))
 
 
 def video_tokens(models: Models, latent) -> int:

@@ -22,6 +22,13 @@ UMT5_TINY = dict(vocab_size=96, d_model=32, d_kv=8, d_ff=48, num_layers=3, num_h
                  relative_attention_num_buckets=8, relative_attention_max_distance=16)
 # diffusers' tiny AutoencoderKLWan test configuration.
 VAE_TINY = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+# The Wan2.2 VAE's architecture (TI2V-5B's: residual blocks, 2x2 patches) in small: 8 latent channels,
+# a separate decoder width, temporal resampling in the middle stage only (so 2x in time, 8x in space).
+VAE_WAN22_TINY = dict(base_dim=4, decoder_base_dim=6, z_dim=8, dim_mult=[1, 2, 2], num_res_blocks=1,
+                      temperal_downsample=[False, True], is_residual=True, patch_size=2, in_channels=12,
+                      out_channels=12, latents_mean=[0.3, -1.2, 0.05, 2.0, -0.4, 0.9, -2.5, 1.1],
+                      latents_std=[1.7, 0.6, 2.9, 1.2, 0.35, 3.1, 1.05, 2.2], scale_factor_temporal=2,
+                      scale_factor_spatial=8)
 # A transformer that fits the tiny VAE (16 latent channels) and the tiny UMT5 (32-wide embeddings).
 PIPELINE_TRANSFORMER = dict(TINY, in_channels=16, out_channels=16, text_dim=32)
 WORDS = "a an the cat dog person naked nude woman man walking running in on park beach red blue car city at night"
@@ -70,22 +77,26 @@ def build_tokenizer(vocab_size: int = UMT5_TINY["vocab_size"]):
 
 
 def build_wan_pipeline(scheduler: str = "unipc", shift: float = 3.0, seed: int = 0,
-                       boundary_ratio: float | None = None):
+                       boundary_ratio: float | None = None, ti2v: bool = False):
   """A tiny random diffusers WanPipeline: UMT5 + tokenizer + transformer + VAE + scheduler, and with a
-  `boundary_ratio` a second, low-noise expert `transformer_2` (Wan2.2 A14B's layout)."""
+  `boundary_ratio` a second, low-noise expert `transformer_2` (Wan2.2 A14B's layout); `ti2v` is Wan2.2
+  TI2V-5B's layout (the Wan2.2 VAE, `expand_timesteps`)."""
   import torch
   from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
                          WanPipeline)
   torch.manual_seed(seed)
-  vae = perturb_(AutoencoderKLWan(**VAE_TINY), seed + 2)
+  vae = perturb_(AutoencoderKLWan(**(VAE_WAN22_TINY if ti2v else VAE_TINY)), seed + 2)
+  transformer = dict(PIPELINE_TRANSFORMER, in_channels=8, out_channels=8) if ti2v else PIPELINE_TRANSFORMER
   if scheduler == "unipc":
     sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
   else:
     sched = FlowMatchEulerDiscreteScheduler(shift=shift)
   experts = {}
   if boundary_ratio is not None:
-    experts = dict(transformer_2=build_diffusers_transformer(PIPELINE_TRANSFORMER, seed + 5),
+    experts = dict(transformer_2=build_diffusers_transformer(transformer, seed + 5),
                    boundary_ratio=boundary_ratio)
+  if ti2v:
+    experts["expand_timesteps"] = True
   return WanPipeline(tokenizer=build_tokenizer(), text_encoder=build_umt5(seed=seed + 3),
-                     transformer=build_diffusers_transformer(PIPELINE_TRANSFORMER, seed + 4),
+                     transformer=build_diffusers_transformer(transformer, seed + 4),
                      vae=vae, scheduler=sched, **experts)

@@ -16,8 +16,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 def wan_pipeline_dir(tmp_path):
   """save(scheduler="unipc", shift=3.0) -> (diffusers WanPipeline, directory it was saved to)."""
 
-  def save(scheduler="unipc", shift=3.0, seed=0, name="pipeline", boundary_ratio=None):
-    pipe = build_wan_pipeline(scheduler, shift, seed, boundary_ratio)
+  def save(scheduler="unipc", shift=3.0, seed=0, name="pipeline", boundary_ratio=None, ti2v=False):
+    pipe = build_wan_pipeline(scheduler, shift, seed, boundary_ratio, ti2v)
     pipe.save_pretrained(tmp_path / name)
     return pipe, tmp_path / name
   return save

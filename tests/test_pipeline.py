@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -69,14 +70,37 @@ def test_two_expert_wan22_pipeline_matches_diffusers(wan_pipeline_dir, scheduler
   assert np.abs(alone - got).max() > 1e-2
 
 
+def test_ti2v_pipeline_text_to_video_matches_diffusers(wan_pipeline_dir):
+  """Wan2.2 TI2V-5B's layout: the Wan2.2 VAE (residual blocks, 2x2 patches) and `expand_timesteps`, whose
+  per-token timesteps are all the step's in text to video."""
+  reference, path = wan_pipeline_dir(name="ti2v", ti2v=True)
+  assert json.loads((path / "model_index.json").read_text())["expand_timesteps"] is True
+  pipe = load_pipeline(path, "float32", progress=False)
+  shape = pipe.latent_shape(1, HEIGHT, WIDTH, FRAMES)
+  assert shape == (1, 8, (FRAMES - 1) // 2 + 1, HEIGHT // 8, WIDTH // 8)  # the tiny Wan2.2 VAE: 2x time, 8x space
+  latents = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+  with torch.no_grad():
+    expected = reference("a red car", "blurry", height=HEIGHT, width=WIDTH, num_frames=FRAMES, num_inference_steps=4,
+                         guidance_scale=5.0, latents=latents.clone(), output_type="np", max_sequence_length=512).frames
+  got = pipe.generate("a red car", "blurry", HEIGHT, WIDTH, FRAMES, steps=4, guidance=5.0, latents=latents.numpy(),
+                      output="float", progress=False)
+  err = np.abs(got - expected).max()
+  print(f"TI2V layout: max abs error on float frames {err:.2e}")
+  assert got.shape == expected.shape and err <= 1e-4, err
+  # TI2V-5B's VAE has 16x latents, split into the DiT's 2x2 patches: sizes go in steps of 32.
+  stride_16 = dataclasses.replace(pipe, vae=types.SimpleNamespace(config=dataclasses.replace(pipe.vae.config,
+                                                                                          scale_factor_spatial=16)))
+  with pytest.raises(ValueError, match="multiples of 32 for this pipeline, got 32x48"):
+    stride_16.generate("a red car", height=32, width=48, num_frames=FRAMES, progress=False)
+
+
 def test_bad_two_expert_pipelines_are_refused(wan_pipeline_dir):
   _, path = wan_pipeline_dir(boundary_ratio=0.5, name="a14b")
   index = path / "model_index.json"
   meta = json.loads(index.read_text())
   for change, message in (({"boundary_ratio": None}, "transformer_2 needs a boundary_ratio"),
                           ({"boundary_ratio": 1.5}, r"boundary_ratio must be a number in \(0, 1\)"),
-                          ({"transformer_2": [None, None]}, "boundary_ratio 0.5 is set but there is no transformer_2"),
-                          ({"expand_timesteps": True}, "expand_timesteps is set")):
+                          ({"transformer_2": [None, None]}, "boundary_ratio 0.5 is set but there is no transformer_2")):
     index.write_text(json.dumps({**meta, **change}))
     with pytest.raises(CheckpointError, match=message):
       load_pipeline(path, progress=False)

@@ -31,10 +31,12 @@ def tiny_config(model_path, workdir, **changes):
   return config
 
 
-def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path):
-  _, path = wan_pipeline_dir()
+@pytest.mark.parametrize("config_file, ti2v", [("wan_nudity", False), ("wan22_5b_nudity", True)])
+def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path, config_file, ti2v):
+  """Wan2.1's config on a tiny Wan2.1 pipeline, Wan2.2 TI2V-5B's on a tiny pipeline of its layout."""
+  _, path = wan_pipeline_dir(ti2v=ti2v)
   flags = [f"--config.{k}={v}" for k, v in {**TINY_OVERRIDES, "model.path": path, "workdir": tmp_path / "run"}.items()]
-  result = subprocess.run([sys.executable, "run.py", "--config=configs/wan_nudity.py", *flags], cwd=ROOT,
+  result = subprocess.run([sys.executable, "run.py", f"--config=configs/{config_file}.py", *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   run = tmp_path / "run"

@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 from flax import nnx
 
-from builders import VAE_TINY, build_wan_pipeline, perturb_
+from builders import VAE_TINY, VAE_WAN22_TINY, build_wan_pipeline, perturb_
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models.vae_params import key_table, read_vae
 from t2vu_jax.models.vae import WanVAE, WanVAEConfig, denormalize_latents
@@ -21,7 +21,7 @@ VAE_WIDE = dict(base_dim=4, decoder_base_dim=6, z_dim=8, dim_mult=[1, 2, 3], num
                 temperal_downsample=[True, False], latents_mean=[0.3, -1.2, 0.05, 2.0, -0.4, 0.9, -2.5, 1.1],
                 latents_std=[1.7, 0.6, 2.9, 1.2, 0.35, 3.1, 1.05, 2.2], scale_factor_temporal=2,
                 scale_factor_spatial=4)
-CONFIGS = {"tiny": VAE_TINY, "wide": VAE_WIDE}
+CONFIGS = {"tiny": VAE_TINY, "wide": VAE_WIDE, "wan22": VAE_WAN22_TINY}
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 TOLERANCE = 1e-4
 
@@ -126,9 +126,8 @@ def test_config_round_trip_and_refusals():
   cfg = WanVAEConfig.from_dict(config)
   assert cfg.decoder_base_dim == 6 and cfg.temperal_downsample == (True, False)
   assert {k: v for k, v in config.items() if not k.startswith("_")} == cfg.to_dict()
-  refusals = {"is_residual": (True, "is_residual=True is not supported.*Wan2.2"),
-              "in_channels": (12, "in_channels=12 is not supported"),
-              "patch_size": (2, "patch_size=2 is not supported"),
+  refusals = {"in_channels": (12, "in_channels=12 does not fit RGB video in 1x1 patches: it must be 3"),
+              "patch_size": (0, "patch_size must be a positive integer or null"),
               "attn_scales": ([0.5], "attn_scales=\\[0.5\\] is not supported"),
               "latents_std": ([1.0] * 7, "latents_std has 7 entries, expected z_dim = 8"),
               "temperal_downsample": ([True], "temperal_downsample has 1 entries.*len\\(dim_mult\\) - 1 = 2"),
@@ -157,6 +156,30 @@ def test_full_size_key_table_matches_diffusers():
   assert mean.shape == logvar.shape == latent.shape
 
 
+# The Wan2.2 VAE of TI2V-5B as diffusers configures it (latent statistics aside).
+WAN22_FULL = dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, patch_size=2, in_channels=12,
+                  out_channels=12, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+
+
+def test_full_size_wan22_key_table_matches_diffusers():
+  from diffusers import AutoencoderKLWan
+  with torch.device("meta"):
+    reference = {k: tuple(v.shape) for k, v in AutoencoderKLWan(**WAN22_FULL).state_dict().items()}
+  cfg = WanVAEConfig.from_dict(WAN22_FULL)
+  assert (cfg.spatial_compression, cfg.temporal_compression) == (16, 4)
+  model = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+  params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  ours = {p.torch_key: p.torch_shape(params[p.path].shape) for p in key_table(model)}
+  assert ours == reference
+  # 121 frames at 704x1280 (TI2V-5B's size) <-> 31 latent frames at 44x80, traced without computing.
+  graphdef, state = nnx.split(model)
+  latent = jax.ShapeDtypeStruct((1, 48, 31, 44, 80), jnp.float32)
+  video = jax.eval_shape(lambda s, z: nnx.merge(graphdef, s).decode(z), state, latent)
+  assert video.shape == (1, 3, 121, 704, 1280)
+  mean, _ = jax.eval_shape(lambda s, v: nnx.merge(graphdef, s).encode(v), state, video)
+  assert mean.shape == latent.shape
+
+
 def test_bad_vae_checkpoints(tmp_path):
   with pytest.raises(CheckpointError, match="VAE directory does not exist: .*nowhere"):
     read_vae(tmp_path / "nowhere")
@@ -164,8 +187,8 @@ def test_bad_vae_checkpoints(tmp_path):
   tensors = safetensors.torch.load_file(str(tmp_path / WEIGHTS))
   config = json.loads((tmp_path / "config.json").read_text())
 
-  (tmp_path / "config.json").write_text(json.dumps(dict(config, is_residual=True)))
-  with pytest.raises(CheckpointError, match="config.json: config is_residual=True is not supported"):
+  (tmp_path / "config.json").write_text(json.dumps(dict(config, attn_scales=[1.0])))
+  with pytest.raises(CheckpointError, match=r"config.json: config attn_scales=\[1.0\] is not supported"):
     read_vae(tmp_path, progress=False)
   (tmp_path / "config.json").write_text(json.dumps(dict(config, base_dim=4)))
   with pytest.raises(CheckpointError,

@@ -1,4 +1,4 @@
-"""Wan2.1 video VAE in Flax NNX: what diffusers' `AutoencoderKLWan` computes.
+"""Wan2.1 and Wan2.2 video VAEs in Flax NNX: what diffusers' `AutoencoderKLWan` computes.
 
 Layout: `decode` and `encode` take and return diffusers' (B, C, F, H, W); inside, tensors are
 channels-last (B, F, H, W, C).
@@ -10,6 +10,10 @@ conv carrying its last input frames to the next chunk, so memory does not grow w
 The first chunk is special: temporal upsampling skips it (1 latent frame -> 1 frame, each later one
 -> 4), and temporal downsampling passes it through. Attribute names follow diffusers, so the weight
 conversion (`t2vu_jax/models/vae_params.py`) follows from the module tree.
+
+The Wan2.2 VAE (`is_residual`, TI2V-5B's: z_dim 48, 16x spatial compression) folds each 2x2 pixel patch
+into channels first (`patch_size`), and its up/down blocks add a parameter-free shortcut around their
+residual blocks and resampler: channels averaged into space-time (down) or duplicated out of it (up).
 """
 from __future__ import annotations
 
@@ -28,10 +32,6 @@ ENCODER_CHUNK = 4  # frames per encoder chunk after the first (diffusers' `_enco
 # diffusers' config fields that describe variants this model does not implement, with the value
 # the Wan2.1 VAE has and what another value means.
 UNSUPPORTED = {
-    "is_residual": (False, "residual up/down blocks are the Wan2.2 VAE"),
-    "in_channels": (3, "the Wan2.1 VAE encodes RGB video"),
-    "out_channels": (3, "the Wan2.1 VAE decodes RGB video"),
-    "patch_size": (None, "patchified input is the Wan2.2 VAE"),
     "attn_scales": ([], "encoder attention, which diffusers' chunked encoder cannot run"),
 }
 
@@ -43,7 +43,7 @@ WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0
 
 @dataclasses.dataclass(frozen=True)
 class WanVAEConfig:
-  """Architecture of a Wan2.1 VAE (field names and defaults follow diffusers' config.json).
+  """Architecture of a Wan VAE (field names and defaults follow diffusers' config.json: Wan2.1's).
 
   `scale_factor_*` are what diffusers' pipeline uses to size latents; the architecture's actual
   compression is `temporal_compression` / `spatial_compression`.
@@ -59,6 +59,10 @@ class WanVAEConfig:
   latents_std: tuple[float, ...] = WAN21_LATENTS_STD
   scale_factor_temporal: int | None = 4
   scale_factor_spatial: int | None = 8
+  is_residual: bool = False     # Wan2.2: up/down blocks with shortcuts
+  patch_size: int | None = None  # Wan2.2: 2x2 pixel patches folded into channels
+  in_channels: int = 3          # RGB x patch_size²
+  out_channels: int = 3
 
   def __post_init__(self):
     for name in ("dim_mult", "temperal_downsample", "latents_mean", "latents_std"):
@@ -71,6 +75,16 @@ class WanVAEConfig:
         raise ValueError(f"config {name} has {len(getattr(self, name))} entries, expected z_dim = {self.z_dim}")
     if min(self.latents_std) <= 0:
       raise ValueError("config latents_std must be positive")
+    if self.patch_size is not None and self.patch_size < 1:
+      raise ValueError(f"config patch_size must be a positive integer or null, got {self.patch_size}")
+    for name in ("in_channels", "out_channels"):
+      if getattr(self, name) != 3 * self.patch ** 2:
+        raise ValueError(f"config {name}={getattr(self, name)} does not fit RGB video in {self.patch}x{self.patch} "
+                         f"patches: it must be {3 * self.patch ** 2}")
+
+  @property
+  def patch(self) -> int:
+    return self.patch_size or 1
 
   @property
   def temporal_compression(self) -> int:
@@ -78,14 +92,14 @@ class WanVAEConfig:
 
   @property
   def spatial_compression(self) -> int:
-    return 2 ** (len(self.dim_mult) - 1)
+    return 2 ** (len(self.dim_mult) - 1) * self.patch
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "WanVAEConfig":
     """From a diffusers `config.json` dict; refuses variants and fields this model does not implement."""
     for name, (value, meaning) in UNSUPPORTED.items():
       if name in d and d[name] != value:
-        raise ValueError(f"config {name}={d[name]!r} is not supported: the Wan2.1 VAE has {name}={value!r} "
+        raise ValueError(f"config {name}={d[name]!r} is not supported: the Wan VAEs have {name}={value!r} "
                          f"({meaning})")
     names = {f.name for f in dataclasses.fields(cls)}
     if unknown := sorted(k for k in d if not k.startswith("_") and k not in names and k not in UNSUPPORTED):
@@ -222,11 +236,11 @@ class Resample(nnx.Module):
   over the previous chunk's last frame and this chunk — the first chunk passes through.
   """
 
-  def __init__(self, dim: int, mode: str, dtype, rngs: nnx.Rngs):
+  def __init__(self, dim: int, mode: str, dtype, rngs: nnx.Rngs, up_dim: int | None = None):
     self.mode = mode
     self.up = mode.startswith("upsample")
-    if self.up:
-      self.resample = conv2d(dim, dim // 2, 3, dtype, rngs, padding=((1, 1), (1, 1)))
+    if self.up:  # Wan2.1 halves the channels here; Wan2.2 keeps them (`up_dim`)
+      self.resample = conv2d(dim, up_dim or dim // 2, 3, dtype, rngs, padding=((1, 1), (1, 1)))
       time_conv = dict(dout=2 * dim, padding=(1, 0, 0))
     else:
       self.resample = conv2d(dim, dim, 3, dtype, rngs, strides=(2, 2), padding=((0, 1), (0, 1)))
@@ -270,8 +284,91 @@ class UpBlock(nnx.Module):
     return x, tuple(cache)
 
 
+def space_time_to_channels(x, factor_t: int, factor_s: int):
+  """(B, F, H, W, C) -> (B, F/ft, H/fs, W/fs, C·ft·fs²), each channel's ft x fs x fs cell in its group
+  (diffusers' AvgDown3D order); the frames are first padded in front to a multiple of ft."""
+  pad = -x.shape[1] % factor_t
+  x = jnp.pad(x, ((0, 0), (pad, 0), (0, 0), (0, 0), (0, 0)))
+  b, f, h, w, c = x.shape
+  x = x.reshape(b, f // factor_t, factor_t, h // factor_s, factor_s, w // factor_s, factor_s, c)
+  return x.transpose(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, f // factor_t, h // factor_s, w // factor_s, -1)
+
+
+class AverageDown(nnx.Module):
+  """The Wan2.2 down block's shortcut: each space-time cell folded into channels, then groups of
+  channels averaged down to `dout`."""
+
+  def __init__(self, din: int, dout: int, factor_t: int, factor_s: int):
+    self.dout, self.factor_t, self.factor_s = dout, factor_t, factor_s
+    if din * factor_t * factor_s ** 2 % dout:
+      raise ValueError(f"{din} channels x {factor_t * factor_s ** 2} cells do not average into {dout}")
+
+  def __call__(self, x):
+    x = space_time_to_channels(x, self.factor_t, self.factor_s)
+    return x.reshape(*x.shape[:-1], self.dout, -1).mean(-1)
+
+
+class DuplicateUp(nnx.Module):
+  """The Wan2.2 up block's shortcut: channels repeated, then spread over an ft x fs x fs cell of
+  space-time each; a video's first chunk keeps only the last frame of its cells."""
+
+  def __init__(self, din: int, dout: int, factor_t: int, factor_s: int):
+    self.dout, self.factor_t, self.factor_s = dout, factor_t, factor_s
+    self.repeats = dout * factor_t * factor_s ** 2 // din
+
+  def __call__(self, x, first_chunk: bool):
+    b, f, h, w, _ = x.shape
+    ft, fs = self.factor_t, self.factor_s
+    x = jnp.repeat(x, self.repeats, axis=-1).reshape(b, f, h, w, self.dout, ft, fs, fs)
+    x = x.transpose(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, f * ft, h * fs, w * fs, self.dout)
+    return x[:, ft - 1:] if first_chunk else x
+
+
+class ResidualDownBlock(nnx.Module):
+  """Wan2.2 encoder stage: residual blocks and the downsampler, plus the averaging shortcut."""
+
+  def __init__(self, din: int, dout: int, num_res_blocks: int, temporal: bool, down: bool, dtype, rngs: nnx.Rngs):
+    self.resnets = nnx.List([ResidualBlock(din if j == 0 else dout, dout, dtype, rngs) for j in range(num_res_blocks)])
+    self.downsampler = Resample(dout, "downsample3d" if temporal else "downsample2d", dtype, rngs) if down else None
+    self.avg_shortcut = AverageDown(din, dout, 2 if temporal else 1, 2 if down else 1)
+
+  def __call__(self, x, cache=None):
+    n = len(self.resnets)
+    cache = list(cache or [None] * (n + 1))
+    y = x
+    for i, resnet in enumerate(self.resnets):
+      y, cache[i] = resnet(y, cache[i])
+    if self.downsampler is not None:
+      y, cache[n] = self.downsampler(y, cache[n])
+    return y + self.avg_shortcut(x), tuple(cache)
+
+
+class ResidualUpBlock(nnx.Module):
+  """Wan2.2 decoder stage: residual blocks and the upsampler, plus the duplicating shortcut."""
+
+  def __init__(self, din: int, dout: int, num_res_blocks: int, temporal: bool, up: bool, dtype, rngs: nnx.Rngs):
+    self.resnets = nnx.List([ResidualBlock(din if j == 0 else dout, dout, dtype, rngs)
+                             for j in range(num_res_blocks + 1)])
+    mode = "upsample3d" if temporal else "upsample2d"
+    self.upsampler = Resample(dout, mode, dtype, rngs, up_dim=dout) if up else None
+    self.avg_shortcut = DuplicateUp(din, dout, 2 if temporal else 1, 2) if up else None
+
+  def __call__(self, x, cache=None):
+    n = len(self.resnets)
+    first_chunk = cache is None
+    cache = list(cache or [None] * (n + 1))
+    y = x
+    for i, resnet in enumerate(self.resnets):
+      y, cache[i] = resnet(y, cache[i])
+    if self.upsampler is not None:
+      y, cache[n] = self.upsampler(y, cache[n])
+    if self.avg_shortcut is not None:
+      y = y + self.avg_shortcut(x, first_chunk)
+    return y, tuple(cache)
+
+
 class Decoder(nnx.Module):
-  """One chunk of latent frames (B, F, h, w, z_dim) -> video frames (B, F', H, W, 3)."""
+  """One chunk of latent frames (B, F, h, w, z_dim) -> video frames (B, F', H, W, out_channels)."""
 
   def __init__(self, cfg: WanVAEConfig, dtype, rngs: nnx.Rngs):
     base = cfg.decoder_base_dim or cfg.base_dim
@@ -282,12 +379,15 @@ class Decoder(nnx.Module):
     self.mid_block = MidBlock(dims[0], dtype, rngs)
     blocks = []
     for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
+      if cfg.is_residual:
+        blocks.append(ResidualUpBlock(din, dout, cfg.num_res_blocks, i != last and temporal[i], i != last, dtype, rngs))
+        continue
       upsample = None if i == last else ("upsample3d" if temporal[i] else "upsample2d")
-      # Every upsampler halves the channels, so each block after the first gets half its nominal width.
+      # Every Wan2.1 upsampler halves the channels, so each block after the first gets half its nominal width.
       blocks.append(UpBlock(din // 2 if i else din, dout, cfg.num_res_blocks, upsample, dtype, rngs))
     self.up_blocks = nnx.List(blocks)
     self.norm_out = RMSNorm(dims[-1], dtype)
-    self.conv_out = CausalConv3d(dims[-1], 3, 3, padding=1, dtype=dtype, rngs=rngs)
+    self.conv_out = CausalConv3d(dims[-1], cfg.out_channels, 3, padding=1, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, cache=None):
     n = len(self.up_blocks)
@@ -301,14 +401,18 @@ class Decoder(nnx.Module):
 
 
 class Encoder(nnx.Module):
-  """One chunk of video frames (B, F, H, W, 3) -> posterior parameters (B, F', h, w, 2·z_dim)."""
+  """One chunk of video frames (B, F, H, W, in_channels) -> posterior parameters (B, F', h, w, 2·z_dim)."""
 
   def __init__(self, cfg: WanVAEConfig, dtype, rngs: nnx.Rngs):
     dims = [cfg.base_dim * m for m in (1,) + cfg.dim_mult]
     last = len(cfg.dim_mult) - 1
-    self.conv_in = CausalConv3d(3, dims[0], 3, padding=1, dtype=dtype, rngs=rngs)
+    self.conv_in = CausalConv3d(cfg.in_channels, dims[0], 3, padding=1, dtype=dtype, rngs=rngs)
     layers = []
     for i, (din, dout) in enumerate(zip(dims[:-1], dims[1:])):
+      if cfg.is_residual:
+        layers.append(ResidualDownBlock(din, dout, cfg.num_res_blocks, i != last and cfg.temperal_downsample[i],
+                                        i != last, dtype, rngs))
+        continue
       for j in range(cfg.num_res_blocks):
         layers.append(ResidualBlock(din if j == 0 else dout, dout, dtype, rngs))
       if i != last:
@@ -350,8 +454,27 @@ def run_chunks(step, first, rest, chunk: int):
 # Autoencoder
 
 
+def patchify(x, p: int):
+  """(B, F, H, W, C) -> (B, F, H/p, W/p, C·p²), channel c·p² + pw·p + ph (diffusers' order)."""
+  if p == 1:
+    return x
+  b, f, h, w, c = x.shape
+  x = x.reshape(b, f, h // p, p, w // p, p, c).transpose(0, 1, 2, 4, 6, 5, 3)
+  return x.reshape(b, f, h // p, w // p, c * p * p)
+
+
+def unpatchify(x, p: int):
+  """The inverse of `patchify`."""
+  if p == 1:
+    return x
+  b, f, h, w, cp = x.shape
+  x = x.reshape(b, f, h, w, cp // (p * p), p, p).transpose(0, 1, 2, 6, 3, 5, 4)
+  return x.reshape(b, f, h * p, w * p, cp // (p * p))
+
+
 class WanVAE(nnx.Module):
-  """Wan2.1 causal video VAE: 1 + 4k frames <-> 1 + k latent frames, 8x smaller in H and W."""
+  """Causal video VAE: 1 + 4k frames <-> 1 + k latent frames, `spatial_compression` x smaller in H
+  and W (Wan2.1: 8, Wan2.2: 16)."""
 
   def __init__(self, cfg: WanVAEConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
     self.config = cfg
@@ -363,7 +486,7 @@ class WanVAE(nnx.Module):
     self.decoder = Decoder(cfg, dtype, rngs)
 
   def decode(self, z, chunk: int = 1):
-    """Raw (de-normalised) latents (B, z_dim, T, h, w) -> video (B, 3, 1 + 4(T-1), 8h, 8w) in [-1, 1].
+    """Raw (de-normalised) latents (B, z_dim, T, h, w) -> video (B, 3, 1 + 4(T-1), s·h, s·w) in [-1, 1].
 
     The first latent frame, then `chunk` latent frames at a time (1: diffusers'
     `AutoencoderKLWan.decode` without tiling), with the causal caches carried from chunk to chunk:
@@ -373,11 +496,11 @@ class WanVAE(nnx.Module):
       raise ValueError(f"decode chunk must be >= 1 latent frame, got {chunk}")
     x = jnp.moveaxis(jnp.asarray(z), 1, -1).astype(self.dtype)
     x = self.post_quant_conv(x)[0]
-    video = run_chunks(self.decoder, x[:, :1], x[:, 1:], chunk)
+    video = unpatchify(run_chunks(self.decoder, x[:, :1], x[:, 1:], chunk), self.config.patch)
     return jnp.clip(jnp.moveaxis(video, -1, 1), -1.0, 1.0)
 
   def encode(self, video):
-    """Video (B, 3, 1 + 4k, H, W) in [-1, 1] -> posterior (mean, logvar), each (B, z_dim, 1 + k, H/8, W/8).
+    """Video (B, 3, 1 + 4k, H, W) in [-1, 1] -> posterior (mean, logvar), each (B, z_dim, 1 + k, H/s, W/s).
 
     The first frame, then 4 frames at a time, as diffusers' `AutoencoderKLWan.encode` (without
     tiling); logvar is clipped to [-30, 20] as its DiagonalGaussianDistribution does.
@@ -386,6 +509,9 @@ class WanVAE(nnx.Module):
     b, f, h, w, c = x.shape
     if (f - 1) % ENCODER_CHUNK:
       raise ValueError(f"video has {f} frames; the Wan VAE encodes 1 + {ENCODER_CHUNK}k frames")
+    if h % self.config.patch or w % self.config.patch:
+      raise ValueError(f"video of {h}x{w} does not split into {self.config.patch}x{self.config.patch} patches")
+    x = patchify(x, self.config.patch)
     moments = self.quant_conv(run_chunks(self.encoder, x[:, :1], x[:, 1:], ENCODER_CHUNK))[0]
     mean, logvar = jnp.split(jnp.moveaxis(moments, -1, 1), 2, axis=1)
     return mean, jnp.clip(logvar, -30.0, 20.0)

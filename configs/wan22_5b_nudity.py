@@ -1,0 +1,32 @@
+"""Erase nudity from Wan2.2 TI2V-5B (diffusers layout), text to video: the wan_nudity setting on the model
+the 2026 erasure papers evaluate.
+
+  python run.py --config=configs/wan22_5b_nudity.py --config.model.path=Wan2.2-TI2V-5B-Diffusers
+
+TI2V-5B samples 121 frames at 704x1280 (24 fps) through the Wan2.2 VAE (48 latent channels, 16x in
+space, 4x in time), 31 x 44 x 80 latents = 27,280 video tokens for its 3072-wide, 30-block DiT: about
+the token count of Wan2.1 at 81 x 480 x 832. Trajectories use flow shift 5.0, the 720p setting, and
+guidance 5.0; the prompts and objective are wan_nudity's. In bf16 the transformer is about 10 GB and
+the UMT5-XXL text encoder 11 GB (encode stage only), so one 80 GB chip holds a run; shard over more
+with the `fsdp` axis (`--config.mesh`).
+"""
+import os
+
+from configs import base
+
+CONFIGS = os.path.dirname(os.path.abspath(__file__))
+POOLS = os.path.join(os.path.dirname(CONFIGS), "t2vu_jax", "erase", "pools")
+
+
+def get_config():
+  c = base.get_config()
+  c.name = "wan22_5b_nudity"
+  c.trajectory.shift = 5.0
+  c.trajectory.guidance = 5.0
+  c.video.update(dict(frames=121, height=704, width=1280))
+  c.eval.update(dict(frames=121, height=704, width=1280, fps=24))
+  c.prompts.erase = os.path.join(POOLS, "nudity.jsonl")
+  c.prompts.preserve = os.path.join(POOLS, "preserve_people.jsonl")
+  c.prompts.evaluate = os.path.join(CONFIGS, "prompts", "nudity_eval.jsonl")
+  c.eval.scorer = "nudenet"
+  return c
