@@ -14,6 +14,7 @@ import t2vu_jax
 from builders import CONFIGS, HEAD128, TINY, WIDE
 from convert import flax_to_torch, torch_to_flax
 from t2vu_jax.models import wan_params
+from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.io.safetensors_io import SafetensorsFile
 from t2vu_jax.models.wan_params import save_diffusers, save_wan
 
@@ -93,6 +94,25 @@ def test_original_and_comfyui_layouts_convert_to_identical_params(save_diffusers
     assert sorted(params) == sorted(reference)
     for k in params:
       np.testing.assert_array_equal(params[k], reference[k])
+
+
+def test_original_wan22_a14b_layout_loads_expert_by_expert(save_diffusers_transformer, tmp_path):
+  """Wan-AI ships A14B as high_noise_model/ and low_noise_model/, each an original-layout model."""
+  experts = {}
+  for name, seed in (("high_noise_model", 0), ("low_noise_model", 1)):
+    _, src = save_diffusers_transformer(HEAD128, name=f"diffusers_{name}", seed=seed)
+    experts[name] = flat_params(t2vu_jax.load_transformer(src, progress=False))
+    save_wan(t2vu_jax.load_transformer(src, progress=False), tmp_path / "a14b" / name, progress=False)
+  for name, reference in experts.items():
+    params = flat_params(t2vu_jax.load_transformer(tmp_path / "a14b" / name, progress=False))
+    assert sorted(params) == sorted(reference)
+    for k in params:
+      np.testing.assert_array_equal(params[k], reference[k])
+  high, low = experts["high_noise_model"], experts["low_noise_model"]
+  assert any((high[k] != low[k]).any() for k in high)
+  with pytest.raises(CheckpointError, match=r"original Wan2.2 A14B directory of two experts; give one of them: "
+                                            r".*high_noise_model \(high noise, diffusers' transformer\)"):
+    t2vu_jax.load_transformer(tmp_path / "a14b", progress=False)
 
 
 def test_original_layout_without_config_infers_the_architecture(save_diffusers_transformer, tmp_path):

@@ -37,6 +37,7 @@ from t2vu_jax.sharding import param_shardings, placer
 
 COMFYUI_PREFIX = "model.diffusion_model."
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+ORIGINAL_EXPERTS = ("high_noise_model", "low_noise_model")  # Wan-AI's Wan2.2 A14B folders
 FLAX_MARKER = "t2vu_model.json"  # written beside our Orbax parameters
 WEIGHTS_NAME = "diffusion_pytorch_model"
 DIFFUSERS_VERSION = "0.35.0"
@@ -237,6 +238,10 @@ def _weight_files(path: str, allow_pickle: bool) -> tuple[list[str], str, str | 
   pickles = sorted(f for s in PICKLE_SUFFIXES for f in glob.glob(os.path.join(path, "*" + s)))
   if pickles:
     return _pickle_files(pickles, allow_pickle), "pickle", path
+  if all(os.path.isdir(os.path.join(path, e)) for e in ORIGINAL_EXPERTS):
+    raise CheckpointError(f"{path} is an original Wan2.2 A14B directory of two experts; give one of them: "
+                          f"{os.path.join(path, ORIGINAL_EXPERTS[0])} (high noise, diffusers' transformer) or "
+                          f"{os.path.join(path, ORIGINAL_EXPERTS[1])} (low noise, transformer_2)")
   raise CheckpointError(f"no transformer weights found in {path} (expected *.safetensors, an index "
                         "json, or a pipeline directory with transformer/)")
 
