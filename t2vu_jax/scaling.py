@@ -27,6 +27,8 @@ import time
 PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0), ("H800", 989.0), ("GH200", 989.0),
                ("A100", 312.0), ("L40S", 362.0), ("B200", 2250.0), ("TPU v4", 275.0), ("TPU v5 lite", 197.0),
                ("TPU v5e", 197.0), ("TPU v5p", 459.0), ("TPU v5", 459.0), ("TPU v6", 918.0))
+# Transformer config (a WanConfig constructor) and latent spatial stride of each --model.
+MODELS = {"1.3b": ("wan_1_3b", 8), "14b": ("wan_14b", 8), "5b": ("wan22_5b", 16), "a14b": ("wan22_a14b", 8)}
 FORWARDS_PER_STEP = 7  # erasers-off cond+uncond (2), erasers-on forward+input-gradient (2), preservation (1 + 2)
 
 
@@ -36,7 +38,8 @@ def main(argv=None) -> int:
     from t2vu_jax import plan
     return plan.main([a for a in argv if a != "--plan"])
   p = argparse.ArgumentParser(prog="python -m t2vu_jax.scaling", description=__doc__.splitlines()[0])
-  p.add_argument("--model", default="1.3b", choices=["1.3b", "14b"])
+  p.add_argument("--model", default="1.3b", choices=list(MODELS),
+                 help="Wan2.1 1.3b / 14b, Wan2.2 5b (TI2V, 16x latents) or a14b (14B experts, both resident)")
   p.add_argument("--meshes", default="8x1x1x1,1x8x1x1,1x4x1x2,2x2x1x2")
   p.add_argument("--simulate", type=int, default=0, help="lay the meshes out on this many simulated CPU devices")
   p.add_argument("--batch", type=int, default=8, help="global batch (sharded over data x fsdp when it divides)")
@@ -59,12 +62,13 @@ def main(argv=None) -> int:
   import jax
 
   from t2vu_jax.models.erasers import EraserConfig
-  from t2vu_jax.models.wan import WanConfig, forward_flops
-  from t2vu_jax.plan import abstract_train_step
+  from t2vu_jax.models.wan import WanConfig, WanTransformer, forward_flops
+  from t2vu_jax.plan import abstract_module, abstract_train_step
   from t2vu_jax.sharding import MeshConfig, make_mesh
 
-  cfg = WanConfig.wan_1_3b() if args.model == "1.3b" else WanConfig.wan_14b()
-  latent = (args.batch, cfg.in_channels, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+  make_config, stride = MODELS[args.model]
+  cfg = getattr(WanConfig, make_config)()
+  latent = (args.batch, cfg.in_channels, (args.frames - 1) // 4 + 1, args.height // stride, args.width // stride)
   tokens = latent[2] * (latent[3] // 2) * (latent[4] // 2)
   analytic = FORWARDS_PER_STEP * forward_flops(cfg, tokens, 512, batch=args.batch)
   rows = []
@@ -72,6 +76,12 @@ def main(argv=None) -> int:
     mesh = make_mesh(MeshConfig.parse(spec), num_heads=cfg.num_attention_heads)
     jitted, abstract_args = abstract_train_step(cfg, EraserConfig(rank=args.rank), args.dtype, mesh, latent,
                                                 remat=args.remat)
+    if args.model == "a14b":  # one expert trains a step; the other's weights stay on the devices
+      _, other = abstract_module(lambda rngs: WanTransformer(cfg, dtype=args.dtype, rngs=rngs), mesh)
+      step = jitted
+      jitted = jax.jit(lambda trainable, base, batch, resident, key: step(trainable, base, batch, key),
+                       donate_argnums=(0,), keep_unused=True)
+      abstract_args = (*abstract_args, other)
     start = time.time()
     with contextlib.nullcontext() if args.unconstrained else jax.set_mesh(mesh):
       compiled = jitted.lower(*abstract_args, jax.random.key(0)).compile()

@@ -106,6 +106,22 @@ def test_scaling_tool_compiles_for_meshes_and_writes_csv_and_plot(tmp_path):
   assert sharded < replicated / 4  # bf16 weights split 8 ways over fsdp, replicated under pure data parallelism
 
 
+def test_the_a14b_scaling_row_keeps_both_experts_on_the_devices(tmp_path):
+  import csv
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", "t2vu_jax.scaling", "--model", "a14b", "--meshes", "1x8x1x1",
+                           "--simulate", "8", "--frames", "1", "--height", "32", "--width", "32",
+                           "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  (row,) = csv.DictReader(open(tmp_path / "scaling_a14b.csv"))
+  import jax
+  from flax import nnx
+  from t2vu_jax.models.wan import WanConfig, WanTransformer
+  model = nnx.eval_shape(lambda: WanTransformer(WanConfig.wan22_a14b(), rngs=nnx.Rngs(0)))
+  expert_gb = sum(x.size for x in jax.tree.leaves(nnx.state(model))) * 2 / 1e9  # bf16
+  assert float(row["argument_gb"]) >= 2 * expert_gb / 8  # two experts' weights, split 8 ways over fsdp
+
+
 def test_peak_flops_are_looked_up_by_device_name():
   from t2vu_jax.scaling import peak_tflops
   assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("NVIDIA H100 PCIe") == 756.0
