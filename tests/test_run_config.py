@@ -181,6 +181,10 @@ def test_a_two_expert_pipeline_is_refused_before_any_weights_load(tmp_path):
                                              '"transformer_2": ["diffusers", "WanTransformer3DModel"]}')
   config = toy.get_config()
   config.model.path = str(tmp_path)
+  with pytest.raises(run_config.ConfigError, match=r"config\.model\.path: .*missing pipeline subfolder"):
+    run_config.validate(config)  # the pipeline's own checks, before any weights load
+  for sub in ("transformer", "transformer_2", "text_encoder", "tokenizer", "vae", "scheduler"):
+    (tmp_path / sub).mkdir()
   refusal = r"config\.model\.path: .*two-expert \(Wan2\.2 A14B\).*not supported"
   with pytest.raises(run_config.ConfigError, match=refusal):
     run_config.validate(config)

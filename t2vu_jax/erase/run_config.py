@@ -21,6 +21,7 @@ from t2vu_jax.erase.train import OptimConfig
 from t2vu_jax.erase.trajectory import TrajectoryConfig
 from t2vu_jax.evaluate import scorers
 from t2vu_jax.evaluate.videos import evaluation_prompts
+from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models.erasers import EraserConfig
 from t2vu_jax.models.erasers_params import EXPORT_FORMATS
 from t2vu_jax.sharding import MeshConfig
@@ -109,14 +110,16 @@ def validate(config) -> list[str]:
   """Check everything that can be checked before heavy work; returns the stages to run."""
   stages = parse_stages(config.stages)
   if not config.model.path:
-    fail("model.path", "is empty; give a diffusers Wan2.1 T2V pipeline directory")
+    fail("model.path", "is empty; give a diffusers Wan T2V pipeline directory (Wan2.1, Wan2.2 TI2V-5B)")
   if not os.path.isdir(config.model.path):
     fail("model.path", f"directory does not exist: {config.model.path}")
-  index = os.path.join(config.model.path, "model_index.json")
-  if os.path.isfile(index):
-    with open(index) as f:
-      two_experts = json.load(f).get("boundary_ratio") is not None
-    if two_experts:
+  if os.path.isfile(os.path.join(config.model.path, "model_index.json")):
+    from t2vu_jax.pipeline import check_pipeline_dir
+    try:
+      meta = check_pipeline_dir(config.model.path)
+    except CheckpointError as e:
+      fail("model.path", str(e))
+    if meta.get("boundary_ratio") is not None:
       fail("model.path", f"{config.model.path} is a two-expert (Wan2.2 A14B) pipeline; erasing it (an eraser "
                          "set per expert) is not supported yet")
   for field in ("dtype", "text_dtype"):
