@@ -267,7 +267,7 @@ def check_pipeline_dir(path: str) -> dict:
   if cls != "WanPipeline":
     raise CheckpointError(f"{index}: pipeline class {cls!r} is not supported; only text-to-video "
                           "'WanPipeline' checkpoints are")
-  two = meta.get("transformer_2") not in (None, [None, None])
+  two = "transformer_2" in meta and not is_absent(meta, "transformer_2")
   ratio = meta.get("boundary_ratio")
   if two != (ratio is not None):
     raise CheckpointError(f"{index}: " + ("transformer_2 needs a boundary_ratio" if two else
