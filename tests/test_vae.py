@@ -137,47 +137,31 @@ def test_config_round_trip_and_refusals():
       WanVAEConfig.from_dict(dict(config, **{field: value}))
 
 
-def test_full_size_key_table_matches_diffusers():
-  from diffusers import AutoencoderKLWan
-  with torch.device("meta"):
-    reference = {k: tuple(v.shape) for k, v in AutoencoderKLWan().state_dict().items()}
-  model = nnx.eval_shape(lambda: WanVAE(WanVAEConfig(), rngs=nnx.Rngs(0)))
-  params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  ours = {p.torch_key: p.torch_shape(params[p.path].shape) for p in key_table(model)}
-  assert len(ours) == len(reference) == 194
-  assert ours == reference
-
-  # 81 frames at 480x832 <-> 21 latent frames at 60x104, traced at full size without computing.
-  graphdef, state = nnx.split(model)
-  latent = jax.ShapeDtypeStruct((1, 16, 21, 60, 104), jnp.float32)
-  video = jax.eval_shape(lambda s, z: nnx.merge(graphdef, s).decode(z), state, latent)
-  assert video.shape == (1, 3, 81, 480, 832)
-  mean, logvar = jax.eval_shape(lambda s, v: nnx.merge(graphdef, s).encode(v), state, video)
-  assert mean.shape == logvar.shape == latent.shape
-
-
 # The Wan2.2 VAE of TI2V-5B as diffusers configures it (latent statistics aside).
 WAN22_FULL = dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, patch_size=2, in_channels=12,
                   out_channels=12, scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
 
 
-def test_full_size_wan22_key_table_matches_diffusers():
+@pytest.mark.parametrize("config, latent, video_shape", [
+    ({}, (1, 16, 21, 60, 104), (1, 3, 81, 480, 832)),          # Wan2.1: 81 frames at 480x832
+    (WAN22_FULL, (1, 48, 31, 44, 80), (1, 3, 121, 704, 1280)),  # Wan2.2 TI2V-5B: 121 frames at 704x1280
+], ids=["wan21", "wan22"])
+def test_full_size_key_table_matches_diffusers(config, latent, video_shape):
   from diffusers import AutoencoderKLWan
   with torch.device("meta"):
-    reference = {k: tuple(v.shape) for k, v in AutoencoderKLWan(**WAN22_FULL).state_dict().items()}
-  cfg = WanVAEConfig.from_dict(WAN22_FULL)
-  assert (cfg.spatial_compression, cfg.temporal_compression) == (16, 4)
-  model = nnx.eval_shape(lambda: WanVAE(cfg, rngs=nnx.Rngs(0)))
+    reference = {k: tuple(v.shape) for k, v in AutoencoderKLWan(**config).state_dict().items()}
+  model = nnx.eval_shape(lambda: WanVAE(WanVAEConfig.from_dict(config), rngs=nnx.Rngs(0)))
   params = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   ours = {p.torch_key: p.torch_shape(params[p.path].shape) for p in key_table(model)}
   assert ours == reference
-  # 121 frames at 704x1280 (TI2V-5B's size) <-> 31 latent frames at 44x80, traced without computing.
+
+  # Traced at full size without computing: video <-> latents.
   graphdef, state = nnx.split(model)
-  latent = jax.ShapeDtypeStruct((1, 48, 31, 44, 80), jnp.float32)
+  latent = jax.ShapeDtypeStruct(latent, jnp.float32)
   video = jax.eval_shape(lambda s, z: nnx.merge(graphdef, s).decode(z), state, latent)
-  assert video.shape == (1, 3, 121, 704, 1280)
-  mean, _ = jax.eval_shape(lambda s, v: nnx.merge(graphdef, s).encode(v), state, video)
-  assert mean.shape == latent.shape
+  assert video.shape == video_shape
+  mean, logvar = jax.eval_shape(lambda s, v: nnx.merge(graphdef, s).encode(v), state, video)
+  assert mean.shape == logvar.shape == latent.shape
 
 
 def test_bad_vae_checkpoints(tmp_path):

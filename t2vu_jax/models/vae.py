@@ -267,6 +267,16 @@ class Resample(nnx.Module):
     return x, cache
 
 
+def run_stage(resnets, resampler, x, cache=None):
+  """Residual blocks then an optional resampler, each with its causal cache: (y, caches)."""
+  cache = list(cache or [None] * (len(resnets) + 1))
+  for i, resnet in enumerate(resnets):
+    x, cache[i] = resnet(x, cache[i])
+  if resampler is not None:
+    x, cache[-1] = resampler(x, cache[-1])
+  return x, tuple(cache)
+
+
 class UpBlock(nnx.Module):
 
   def __init__(self, din: int, dout: int, num_res_blocks: int, upsample: str | None, dtype, rngs: nnx.Rngs):
@@ -275,13 +285,7 @@ class UpBlock(nnx.Module):
     self.upsamplers = nnx.List([Resample(dout, upsample, dtype, rngs)]) if upsample else None
 
   def __call__(self, x, cache=None):
-    n = len(self.resnets)
-    cache = list(cache or [None] * (n + 1))
-    for i, resnet in enumerate(self.resnets):
-      x, cache[i] = resnet(x, cache[i])
-    if self.upsamplers is not None:
-      x, cache[n] = self.upsamplers[0](x, cache[n])
-    return x, tuple(cache)
+    return run_stage(self.resnets, self.upsamplers[0] if self.upsamplers is not None else None, x, cache)
 
 
 def space_time_to_channels(x, factor_t: int, factor_s: int):
@@ -333,14 +337,8 @@ class ResidualDownBlock(nnx.Module):
     self.avg_shortcut = AverageDown(din, dout, 2 if temporal else 1, 2 if down else 1)
 
   def __call__(self, x, cache=None):
-    n = len(self.resnets)
-    cache = list(cache or [None] * (n + 1))
-    y = x
-    for i, resnet in enumerate(self.resnets):
-      y, cache[i] = resnet(y, cache[i])
-    if self.downsampler is not None:
-      y, cache[n] = self.downsampler(y, cache[n])
-    return y + self.avg_shortcut(x), tuple(cache)
+    y, cache = run_stage(self.resnets, self.downsampler, x, cache)
+    return y + self.avg_shortcut(x), cache
 
 
 class ResidualUpBlock(nnx.Module):
@@ -354,17 +352,10 @@ class ResidualUpBlock(nnx.Module):
     self.avg_shortcut = DuplicateUp(din, dout, 2 if temporal else 1, 2) if up else None
 
   def __call__(self, x, cache=None):
-    n = len(self.resnets)
-    first_chunk = cache is None
-    cache = list(cache or [None] * (n + 1))
-    y = x
-    for i, resnet in enumerate(self.resnets):
-      y, cache[i] = resnet(y, cache[i])
-    if self.upsampler is not None:
-      y, cache[n] = self.upsampler(y, cache[n])
-    if self.avg_shortcut is not None:
-      y = y + self.avg_shortcut(x, first_chunk)
-    return y, tuple(cache)
+    y, new_cache = run_stage(self.resnets, self.upsampler, x, cache)
+    if self.avg_shortcut is not None:  # a video's first chunk comes without caches
+      y = y + self.avg_shortcut(x, first_chunk=cache is None)
+    return y, new_cache
 
 
 class Decoder(nnx.Module):
