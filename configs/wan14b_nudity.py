@@ -13,16 +13,11 @@ over several chips (`t2vu_jax.sharding.MeshConfig`'s default puts every device o
 a `tensor` axis must divide the 40 heads). The UMT5-XXL text encoder (about 11 GB in bf16) is only
 used by the encode stage.
 """
-import os
-
-from configs import base
-
-CONFIGS = os.path.dirname(os.path.abspath(__file__))
-POOLS = os.path.join(os.path.dirname(CONFIGS), "t2vu_jax", "erase", "pools")
+from configs import wan_nudity
 
 
 def get_config():
-  c = base.get_config()
+  c = wan_nudity.get_config()  # its prompts, objective and scorer
   c.name = "wan14b_nudity"
   c.trajectory.steps = 30
   c.trajectory.shift = 3.0
@@ -30,8 +25,4 @@ def get_config():
   c.optim.total_steps = 200
   c.log_every = 5
   c.checkpoint_every = 20
-  c.prompts.erase = os.path.join(POOLS, "nudity.jsonl")
-  c.prompts.preserve = os.path.join(POOLS, "preserve_people.jsonl")
-  c.prompts.evaluate = os.path.join(CONFIGS, "prompts", "nudity_eval.jsonl")
-  c.eval.scorer = "nudenet"
   return c

@@ -10,23 +10,14 @@ guidance 5.0; the prompts and objective are wan_nudity's. In bf16 the transforme
 the UMT5-XXL text encoder 11 GB (encode stage only), so one 80 GB chip holds a run; shard over more
 with the `fsdp` axis (`--config.mesh`).
 """
-import os
-
-from configs import base
-
-CONFIGS = os.path.dirname(os.path.abspath(__file__))
-POOLS = os.path.join(os.path.dirname(CONFIGS), "t2vu_jax", "erase", "pools")
+from configs import wan_nudity
 
 
 def get_config():
-  c = base.get_config()
+  c = wan_nudity.get_config()  # its prompts, objective and scorer
   c.name = "wan22_5b_nudity"
   c.trajectory.shift = 5.0
   c.trajectory.guidance = 5.0
   c.video.update(dict(frames=121, height=704, width=1280))
   c.eval.update(dict(frames=121, height=704, width=1280, fps=24))
-  c.prompts.erase = os.path.join(POOLS, "nudity.jsonl")
-  c.prompts.preserve = os.path.join(POOLS, "preserve_people.jsonl")
-  c.prompts.evaluate = os.path.join(CONFIGS, "prompts", "nudity_eval.jsonl")
-  c.eval.scorer = "nudenet"
   return c
