@@ -151,17 +151,17 @@ def _open_for_build(directory: str, settings: dict, cache_bytes: int, write: boo
   the writing process when missing; a pool built with other settings is refused. Every process of a
   run calls this (it meets the others once the pool exists), so all see the same built set."""
   recorded = os.path.join(directory, "pool.json")
+  if os.path.exists(recorded):  # every process checks, so all of them stop on a mismatch
+    with open(recorded) as f:
+      theirs = json.load(f)
+    if theirs != settings:
+      changed = sorted(k for k in settings if theirs.get(k) != settings[k])
+      raise ValueError(f"the trajectory pool in {directory} was built with other settings "
+                       f"({', '.join(changed)}); delete it to build a new one")
+  elif write:
+    os.makedirs(directory, exist_ok=True)
+    write_text(recorded, json.dumps(settings))
   if write:
-    if os.path.exists(recorded):
-      with open(recorded) as f:
-        theirs = json.load(f)
-      if theirs != settings:
-        changed = sorted(k for k in settings if theirs.get(k) != settings[k])
-        raise ValueError(f"the trajectory pool in {directory} was built with other settings "
-                         f"({', '.join(changed)}); delete it to build a new one")
-    else:
-      os.makedirs(directory, exist_ok=True)
-      write_text(recorded, json.dumps(settings))
     DiskLatents.open(os.path.join(directory, "latents"), settings["shape"], settings["dtype"])
   sync_processes("trajectory pool")
   latents = DiskLatents.open(os.path.join(directory, "latents"), cache_bytes=cache_bytes)
