@@ -32,6 +32,16 @@ TEXT_LENGTH = 512
 ENCODE_BATCH = 8  # `text.encode_prompts`' batch
 
 
+# The Wan2.2 VAE's architecture (TI2V-5B's); its latent statistics do not change the cost.
+WAN22_VAE = vae_lib.WanVAEConfig(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, patch_size=2,
+                                 in_channels=12, out_channels=12, scale_factor_spatial=16,
+                                 latents_mean=(0.0,) * 48, latents_std=(1.0,) * 48)
+# --model: (WanConfig constructor, VAE, name), for a config whose model.path holds no pipeline.
+SIZES = {"1.3b": ("wan_1_3b", vae_lib.WanVAEConfig(), "Wan2.1 1.3B"),
+         "14b": ("wan_14b", vae_lib.WanVAEConfig(), "Wan2.1 14B"),
+         "5b": ("wan22_5b", WAN22_VAE, "Wan2.2 TI2V-5B")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Models:
   transformer: wan.WanConfig
@@ -54,10 +64,10 @@ def models_of(config, size: str) -> Models:
     vae = None if is_absent(meta, "vae") else read_vae_config(path)
     return Models(transformer_config(os.path.join(path, "transformer")), read_umt5_config(path), vae, path,
                   text_length(load_tokenizer(path)))
-  from t2vu_jax.random_pipeline import SIZES
   if size not in SIZES:
     raise ValueError(f"--model {size!r} is unknown; choose one of {sorted(SIZES)}")
-  return Models(SIZES[size](), umt5.UMT5Config(), vae_lib.WanVAEConfig(), f"Wan2.1 {size} (--model)")
+  transformer, vae, name = SIZES[size]
+  return Models(getattr(wan.WanConfig, transformer)(), umt5.UMT5Config(), vae, f"{name} (--model)")
 
 
 def latent_shape(models: Models, batch: int, frames: int, height: int, width: int) -> tuple[int, ...]:
@@ -389,7 +399,8 @@ def main(argv) -> int:
 
   from t2vu_jax.cli import define_config_flag, error, loaded_config, parse_flags
   define_config_flag(None, "the erasure run config to plan")
-  flags.DEFINE_string("model", "1.3b", "Wan2.1 size when model.path holds no pipeline: 1.3b or 14b")
+  flags.DEFINE_string("model", "1.3b", "the model when model.path holds no pipeline: 1.3b, 14b (Wan2.1) or 5b "
+                      "(Wan2.2 TI2V-5B)")
   flags.DEFINE_enum("probe", "auto", ["auto", "full", "small"], "sizes of the throughput probes (auto: run sizes "
                     "on accelerators, small on CPU)")
   flags.DEFINE_integer("repeats", 3, "timed calls per probe (the fastest counts)")
