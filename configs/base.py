@@ -21,6 +21,8 @@ def get_config():
   c.model.path = ""              # a diffusers Wan2.1 T2V pipeline directory
   c.model.dtype = "bfloat16"     # transformer weights and activations (norms stay fp32)
   c.model.text_dtype = "bfloat16"
+  c.model.remat = "none"         # the transformer blocks' rematerialisation: none, full, dots (long videos: full)
+  c.model.attention = "xla"      # attention backend: xla (everywhere), cudnn (NVIDIA GPUs), splash (TPUs)
 
   for group, cls in GROUPS.items():  # eraser, objective, trajectory, optim
     c[group] = config_group(cls)

@@ -284,7 +284,7 @@ def check_pipeline_dir(path: str) -> dict:
 
 def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float32",
                   transformer: str | None = None, cache_dir: str | None = None,
-                  progress: bool = True, mesh=None) -> WanPipeline:
+                  progress: bool = True, mesh=None, **model_kwargs) -> WanPipeline:
   """Load a diffusers Wan T2V pipeline directory: Wan2.1, Wan2.2 A14B (`transformer_2`) or Wan2.2 TI2V-5B
   (`expand_timesteps`, the Wan2.2 VAE; text to video, where every token has the step's timestep, so the
   plain per-sample timestep gives the same modulation).
@@ -293,6 +293,7 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
   replaces the pipeline's transformer (any path `load_transformer` reads, e.g. erased weights).
   `cache_dir` enables the on-disk prompt embedding cache. With a `mesh` the transformer is read
   straight into its shards and the text encoder is sharded the same way (`t2vu_jax.sharding`).
+  `model_kwargs` go to the transformers (`remat`, `attention`).
   """
   path = str(path)
   meta = check_pipeline_dir(path)
@@ -307,13 +308,14 @@ def load_pipeline(path: str, dtype="float32", text_dtype=None, vae_dtype="float3
   encoder = read_umt5(path, jnp.dtype(text_dtype or dtype), progress=progress, place=place)
   text.check_vocab(tokenizer, encoder)
   transformer = load_transformer(transformer or os.path.join(path, "transformer"), dtype, progress=progress,
-                                 mesh=mesh)
+                                 mesh=mesh, **model_kwargs)
   if transformer.config.text_dim != encoder.config.d_model:
     raise CheckpointError(f"{path}: the transformer expects {transformer.config.text_dim}-wide text "
                           f"embeddings but the text encoder gives {encoder.config.d_model}")
   transformer_2 = None
   if meta.get("boundary_ratio") is not None:
-    transformer_2 = load_transformer(os.path.join(path, "transformer_2"), dtype, progress=progress, mesh=mesh)
+    transformer_2 = load_transformer(os.path.join(path, "transformer_2"), dtype, progress=progress, mesh=mesh,
+                                     **model_kwargs)
     for field in ("in_channels", "out_channels", "text_dim", "patch_size"):
       if getattr(transformer_2.config, field) != getattr(transformer.config, field):
         raise CheckpointError(f"{path}: transformer_2 has {field} {getattr(transformer_2.config, field)}, "

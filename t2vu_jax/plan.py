@@ -177,7 +177,7 @@ def _with_shardings(tree, shardings):
 
 
 def abstract_train_step(model_cfg: wan.WanConfig, eraser, dtype, mesh, latent, objective=None, trajectory=None,
-                        remat: str = "none", text_length: int = TEXT_LENGTH):
+                        remat: str = "none", attention: str = "xla", text_length: int = TEXT_LENGTH):
   """(the jitted train step, its abstract arguments but the key) of erasers `eraser` on a `model_cfg`
   transformer, on `mesh`, for latents shaped `latent` (B, C, F, H, W); with `trajectory` the batch has
   no training points (the step samples them), else it carries them."""
@@ -187,7 +187,8 @@ def abstract_train_step(model_cfg: wan.WanConfig, eraser, dtype, mesh, latent, o
   from t2vu_jax.sharding import param_shardings
 
   def build():
-    return attach_erasers(wan.WanTransformer(model_cfg, dtype=dtype, rngs=nnx.Rngs(0), remat=remat), eraser)
+    model = wan.WanTransformer(model_cfg, dtype=dtype, rngs=nnx.Rngs(0), remat=remat, attention=attention)
+    return attach_erasers(model, eraser)
   tx = make_optimizer(OptimConfig())
   shardings = param_shardings(nnx.eval_shape(build), mesh)
   graphdef, state = nnx.eval_shape(lambda: init_train_state(build(), tx))
@@ -236,9 +237,11 @@ def stage_programs(config, models: Models, mesh, needed: set[str]) -> dict[str, 
     if "train_step" in needed:
       step, args = abstract_train_step(models.transformer, settings(config, "eraser"), dtype, mesh, train_latent,
                                        objective, None if trajectory.pool_repeats else trajectory,
+                                       remat=config.model.remat, attention=config.model.attention,
                                        text_length=models.text_length)
       out["train_step"] = step.lower(*args, jax.random.key(0))
-    transformer = abstract_module(lambda rngs: wan.WanTransformer(models.transformer, dtype=dtype, rngs=rngs), mesh)
+    transformer = abstract_module(lambda rngs: wan.WanTransformer(models.transformer, dtype=dtype, rngs=rngs,
+                                                                  attention=config.model.attention), mesh)
     if "pool" in needed:
       graphdef, state = transformer
       b = train_latent[0]
@@ -286,7 +289,7 @@ def measure_rates(models: Models, config, full: bool, repeats: int = 3) -> dict[
     pt, ph, pw = cfg.patch_size
     side = max(1, min(16, int(math.sqrt(video_tokens(models, latent)))))
     latent = (1, cfg.in_channels, pt, side * ph, side * pw)
-  dit = random_module(lambda rngs: wan.WanTransformer(cfg, dtype=dtype, rngs=rngs))
+  dit = random_module(lambda rngs: wan.WanTransformer(cfg, dtype=dtype, rngs=rngs, attention=config.model.attention))
   x = jnp.zeros(latent, dtype)
   context = jnp.zeros((1, models.text_length, cfg.text_dim), dtype)
   # Several forwards in one program, each on the last one's output (T2V: out = in channels), as a
@@ -326,14 +329,15 @@ def measure_rates(models: Models, config, full: bool, repeats: int = 3) -> dict[
 def make_plan(config, size: str = "1.3b", probe: str = "auto", repeats: int = 3, progress=print) -> dict:
   """The plan of `config` on the current devices (see the module docstring) as a JSON-ready dict."""
   from t2vu_jax.erase.prompts import ErasureSet, split_paths
-  from t2vu_jax.erase.run_config import settings
+  from t2vu_jax.erase.run_config import settings, validate_model
   from t2vu_jax.evaluate.videos import evaluation_prompts
   from t2vu_jax.sharding import MeshConfig, make_mesh
   if probe not in ("auto", "full", "small"):
     raise ValueError(f"--probe {probe!r} is unknown; choose auto, full or small")
   models = models_of(config, size)
+  validate_model(config)  # a bad value is an error naming its field, before anything is compiled
   for group in ("eraser", "objective", "trajectory", "optim"):
-    settings(config, group)  # a bad value is an error naming its field, before anything is compiled
+    settings(config, group)
   mesh = make_mesh(MeshConfig.parse(config.mesh), num_heads=models.transformer.num_attention_heads)
   preserve = split_paths(config.prompts.preserve)
   prompts = ErasureSet.from_files(split_paths(config.prompts.erase), preserve or None)

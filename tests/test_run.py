@@ -77,10 +77,11 @@ def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_p
 def test_a_pooled_run_builds_its_pools_once_and_resumes(wan_pipeline_dir, tmp_path):
   _, path = wan_pipeline_dir()
   pooled = {"stages": "load,encode,erase", "trajectory.model": "frozen", "trajectory.pool_repeats": 2,
-            "trajectory.pool_dtype": "bfloat16", "optim.total_steps": 2}
+            "trajectory.pool_dtype": "bfloat16", "optim.total_steps": 2, "model.remat": "full"}
   run = tmp_path / "run"
   first = ErasureJob(tiny_config(path, run, **pooled), progress=False)
   first.run()
+  assert first.pipeline().transformer.remat == "full"
   prompts = first.prompt_set()
   for name, entries in (("erase", prompts.erase.entries), ("preserve", prompts.preserve.entries)):
     settings = json.loads((run / "pool" / name / "pool.json").read_text())
@@ -88,8 +89,9 @@ def test_a_pooled_run_builds_its_pools_once_and_resumes(wan_pipeline_dir, tmp_pa
     assert len(json.loads((run / "pool" / name / "built.json").read_text())) == 2 * len(entries)
   built = (run / "pool" / "erase" / "built.json").stat().st_mtime_ns
   os.remove(run / "stages" / "erase")
-  longer = ErasureJob(tiny_config(path, run, **{**pooled, "optim.total_steps": 4, "trajectory.pool_cache_mb": 0}),
-                      progress=False)
+  # A longer run resumes; the cache bound and the remat policy may change, they do not change what is trained.
+  longer = ErasureJob(tiny_config(path, run, **{**pooled, "optim.total_steps": 4, "trajectory.pool_cache_mb": 0,
+                                                "model.remat": "none"}), progress=False)
   assert longer.run()["erase"]["resumed_from"] == 2
   assert (run / "pool" / "erase" / "built.json").stat().st_mtime_ns == built  # nothing sampled again
   metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -136,6 +138,8 @@ def test_prompt_anchor_run_encodes_anchors_and_refuses_stale_embeddings(wan_pipe
     ({"mesh": "2x1x1x1"}, "config.mesh"),
     ({"eval.seeds": 0}, "config.eval.seeds"),
     ({"eval.decode_chunk": 0}, "config.eval.decode_chunk"),
+    ({"model.remat": "some"}, "config.model.remat"),
+    ({"model.attention": "flash"}, "config.model.attention"),
     ({"objective.anchor": "concept"}, "config.objective"),
 ])
 def test_bad_config_values_are_rejected_before_any_work(tmp_path, change, field):

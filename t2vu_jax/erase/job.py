@@ -145,8 +145,9 @@ class ErasureJob:
   def pipeline(self):
     if self.pipe is None:
       from t2vu_jax.pipeline import load_pipeline
-      self.pipe = load_pipeline(self.config.model.path, self.config.model.dtype, self.config.model.text_dtype,
-                                cache_dir=self.path("embedding_cache"), progress=self.progress, mesh=self.mesh)
+      m = self.config.model
+      self.pipe = load_pipeline(m.path, m.dtype, m.text_dtype, cache_dir=self.path("embedding_cache"),
+                                progress=self.progress, mesh=self.mesh, remat=m.remat, attention=m.attention)
       self.pipe.decode_chunk = self.config.eval.decode_chunk
     return self.pipe
 

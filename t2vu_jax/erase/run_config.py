@@ -15,6 +15,7 @@ import jax
 import ml_collections
 from ml_collections import config_dict
 
+from t2vu_jax.attention import check_backend
 from t2vu_jax.erase.objective import ObjectiveConfig
 from t2vu_jax.erase.prompts import ErasureSet, load_pools, split_paths
 from t2vu_jax.erase.train import OptimConfig
@@ -24,6 +25,7 @@ from t2vu_jax.evaluate.videos import evaluation_prompts
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models.erasers import EraserConfig
 from t2vu_jax.models.erasers_params import EXPORT_FORMATS
+from t2vu_jax.models.wan import REMAT_POLICIES
 from t2vu_jax.sharding import MeshConfig
 
 STAGES = ("load", "encode", "erase", "export", "evaluate", "report")
@@ -37,7 +39,7 @@ VIDEO_MULTIPLE = 16  # sides of a video: the VAE stride 8 times the patch 2
 TRAINING_FIELDS = ("seed", "model", "eraser", "objective", "trajectory", "optim", "video", "batch_size",
                    "preserve_batch_size", "prompts.erase", "prompts.preserve")
 # Fields of those groups that do not change what is trained.
-UNTRAINED_FIELDS = ("trajectory.pool_cache_mb",)
+UNTRAINED_FIELDS = ("trajectory.pool_cache_mb", "model.remat", "model.attention")
 
 
 class ConfigError(ValueError):
@@ -106,6 +108,19 @@ def parse_stages(stages: str) -> list[str]:
   return [s for s in STAGES if s in names]
 
 
+def validate_model(config) -> None:
+  """The `model` group's dtypes, remat policy and attention backend (which must run here)."""
+  for field in ("dtype", "text_dtype"):
+    if config.model[field] not in DTYPES:
+      fail(f"model.{field}", f"{config.model[field]!r}: choose float32 or bfloat16")
+  if config.model.remat not in REMAT_POLICIES:
+    fail("model.remat", f"{config.model.remat!r} is unknown; choose one of {sorted(REMAT_POLICIES)}")
+  try:
+    check_backend(config.model.attention)
+  except ValueError as e:
+    fail("model.attention", str(e))
+
+
 def validate(config) -> list[str]:
   """Check everything that can be checked before heavy work; returns the stages to run."""
   stages = parse_stages(config.stages)
@@ -122,9 +137,7 @@ def validate(config) -> list[str]:
     if meta.get("boundary_ratio") is not None:
       fail("model.path", f"{config.model.path} is a two-expert (Wan2.2 A14B) pipeline; erasing it (an eraser "
                          "set per expert) is not supported yet")
-  for field in ("dtype", "text_dtype"):
-    if config.model[field] not in DTYPES:
-      fail(f"model.{field}", f"{config.model[field]!r}: choose float32 or bfloat16")
+  validate_model(config)
   for group in GROUPS:
     settings(config, group)
   for group in ("video", "eval"):
