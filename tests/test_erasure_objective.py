@@ -109,7 +109,9 @@ def test_fresh_erasers_change_nothing(save_diffusers_transformer, kind, placemen
   on = model(batch.x_t, jnp.array([500, 20]), batch.cond)
   np.testing.assert_array_equal(np.asarray(on), np.asarray(base))
   _, metrics = erasure_loss(model, batch, ObjectiveConfig())
-  assert float(metrics["l_pre"]) == 0.0 and float(metrics["l_loc"]) == 0.0
+  # The kept velocity comes from the erasers-off batch, the erased one from the erasers-on batch: their
+  # batches differ in size, so the two agree to float rounding (a changed velocity gives l_pre >> 1e-12).
+  assert float(metrics["l_pre"]) <= 1e-12 and float(metrics["l_loc"]) == 0.0
 
 
 def test_all_ones_mask_gives_zero_localization_loss(save_diffusers_transformer):

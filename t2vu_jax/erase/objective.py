@@ -97,13 +97,21 @@ def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfi
   cond = batch.cond.astype(dtype)
   anchor = (batch.uncond if batch.anchor is None else batch.anchor).astype(dtype)
 
-  # Erasers off: v_c and v_a in one batched forward, and the concept attention of the v_c half.
-  concept_mask = jnp.concatenate([batch.concept_mask, jnp.zeros_like(batch.concept_mask)])
-  both, aux = model(jnp.concatenate([x_t, x_t]), jnp.concatenate([batch.t, batch.t]),
-                    jnp.concatenate([cond, anchor]), erasers=False, concept_mask=concept_mask,
-                    return_aux=True)
-  both = jax.lax.stop_gradient(both.astype(F32))
-  v_cond, v_anchor = both[:b], both[b:]
+  preserve = batch.x_pre is not None
+  x_pre = batch.x_pre.astype(dtype) if preserve else x_t[:0]
+  cond_pre = batch.cond_pre.astype(dtype) if preserve else cond[:0]
+  t_pre = batch.t_pre if preserve else batch.t[:0]
+  p = x_pre.shape[0]
+
+  # Erasers off, in one batched forward: v_c (with its concept attention), v_a, and the preservation
+  # prompt's kept velocity.
+  none = jnp.zeros_like(batch.concept_mask)
+  concept_mask = jnp.concatenate([batch.concept_mask, none, jnp.zeros((p, none.shape[1]), none.dtype)])
+  off, aux = model(jnp.concatenate([x_t, x_t, x_pre]), jnp.concatenate([batch.t, batch.t, t_pre]),
+                   jnp.concatenate([cond, anchor, cond_pre]), erasers=False, concept_mask=concept_mask,
+                   return_aux=True)
+  off = jax.lax.stop_gradient(off.astype(F32))
+  v_cond, v_anchor, kept = off[:b], off[b:2 * b], off[2 * b:]
   masks = localization_masks(jax.lax.stop_gradient(aux.concept_attention[:, :b]),
                              token_grid(model, batch.x_t.shape), cfg.threshold)
   eta = cfg.eta
@@ -113,18 +121,18 @@ def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfi
     eta = jnp.where(batch.sigma.astype(F32) >= cfg.guidance_sigma_min, cfg.eta, 0.0).reshape(b, 1, 1, 1, 1)
   target = v_anchor - eta * (v_cond - v_anchor)
 
-  v_on, aux_on = model(x_t, batch.t, cond, loc_masks=masks, return_aux=True)
-  err = jnp.square(v_on.astype(F32) - target)
+  # Erasers on, in one batched forward: the concept prompt (its localization term counts) and the
+  # preservation prompt.
+  loc_masks = jnp.concatenate([masks, jnp.zeros((masks.shape[0], p, *masks.shape[2:]), masks.dtype)], axis=1)
+  on, aux_on = model(jnp.concatenate([x_t, x_pre]), jnp.concatenate([batch.t, t_pre]),
+                     jnp.concatenate([cond, cond_pre]), loc_masks=loc_masks, return_aux=True)
+  on = on.astype(F32)
+  err = jnp.square(on[:b] - target)
   if cfg.sigma_weighting:
     err = err * jnp.square(batch.sigma.astype(F32)).reshape(b, 1, 1, 1, 1)
   l_u = jnp.mean(err)
-  l_loc = jnp.mean(aux_on.localization)
-
-  l_pre = jnp.zeros((), F32)
-  if batch.x_pre is not None:
-    x_pre, cond_pre = batch.x_pre.astype(dtype), batch.cond_pre.astype(dtype)
-    kept = jax.lax.stop_gradient(model(x_pre, batch.t_pre, cond_pre, erasers=False).astype(F32))
-    l_pre = jnp.mean(jnp.square(model(x_pre, batch.t_pre, cond_pre).astype(F32) - kept))
+  l_loc = jnp.mean(aux_on.localization[:, :b])
+  l_pre = jnp.mean(jnp.square(on[b:] - kept)) if preserve else jnp.zeros((), F32)
 
   loss = l_u + cfg.lambda_loc * l_loc + cfg.lambda_pre * l_pre
   metrics = {"loss": loss, "l_u": l_u, "l_loc": l_loc, "l_pre": l_pre, "mask_coverage": jnp.mean(masks)}
