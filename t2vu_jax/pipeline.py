@@ -170,9 +170,13 @@ class WanPipeline:
       return np.asarray(_pixels_to_frames(latents))
     return np.asarray(_decode(self.vae, latents, self.decode_chunk))
 
+  @property
+  def stride(self) -> tuple[int, int, int]:
+    """(temporal, spatial, spatial) stride from video frames to the transformer's latents."""
+    return vae_stride(None if self.vae is None else self.vae.config)
+
   def latent_shape(self, batch: int, height: int, width: int, num_frames: int) -> tuple[int, ...]:
-    return latent_shape(batch, self.transformer.config.in_channels, height, width, num_frames,
-                        vae_stride(None if self.vae is None else self.vae.config))
+    return latent_shape(batch, self.transformer.config.in_channels, height, width, num_frames, self.stride)
 
   def generate_latents(self, prompts, negative_prompt="", height=480, width=832, num_frames=81,
                        steps=50, guidance=5.0, shift=None, seed=0, latents=None, scheduler=None,
@@ -184,8 +188,7 @@ class WanPipeline:
     if not prompts:
       raise ValueError("generate needs at least one prompt (got an empty list)")
     check_video_shape(height, width, num_frames)
-    _, stride, _ = vae_stride(None if self.vae is None else self.vae.config)
-    multiple = stride * self.transformer.config.patch_size[1]  # latents split into the DiT's patches
+    multiple = self.stride[1] * self.transformer.config.patch_size[1]  # latents split into the DiT's patches
     if height % multiple or width % multiple:
       raise ValueError(f"height and width must be multiples of {multiple} for this pipeline, got {height}x{width}")
     if steps < 1:

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from t2vu_jax.models import umt5, vae as vae_lib, wan
+from t2vu_jax.text import MAX_LENGTH as TEXT_LENGTH  # Wan's 512 prompt tokens
 
-TEXT_LENGTH = 512
 ENCODE_BATCH = 8  # `text.encode_prompts`' batch
 
 
@@ -216,7 +216,7 @@ def peak_bytes(compiled) -> int:
 
 def stage_programs(config, models: Models, mesh, needed: set[str]) -> dict[str, int]:
   """Peak per-device bytes of each program in `needed`, compiled for the run's shapes on `mesh`."""
-  from t2vu_jax.erase.pool import _trajectories
+  from t2vu_jax.erase.pool import sample_trajectories
   from t2vu_jax.erase.run_config import settings
   from t2vu_jax.pipeline import sample
   from t2vu_jax.schedulers import make_scheduler
@@ -245,8 +245,9 @@ def stage_programs(config, models: Models, mesh, needed: set[str]) -> dict[str, 
     if "pool" in needed:
       graphdef, state = transformer
       b = train_latent[0]
-      pool = lambda s, n, c, u: _trajectories(nnx.merge(graphdef, s), trajectory.make_scheduler(), n, c, u,  # noqa: E731
-                                              trajectory.guidance)
+      scheduler = trajectory.make_scheduler()
+      pool = lambda s, n, c, u: sample_trajectories(nnx.merge(graphdef, s), scheduler, n, c, u,  # noqa: E731
+                                                    trajectory.guidance)
       out["pool"] = jax.jit(pool).lower(state, arr(train_latent), text(b), text(b))
     if "sample" in needed:
       graphdef, state = transformer

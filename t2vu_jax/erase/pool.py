@@ -28,14 +28,13 @@ from t2vu_jax.pipeline import cfg_velocity, loop_callable
 from t2vu_jax.sharding import sync_processes, to_host
 
 
-
 def pool_noise_key(seed: int, prompt: int, repeat: int) -> jax.Array:
   """The key of the initial noise of prompt `prompt`'s `repeat`-th pooled trajectory."""
   return jax.random.key(seed * 1_000_003 + prompt * 1009 + repeat)
 
 
 @nnx.jit(static_argnums=(1,))
-def _trajectories(model, scheduler, noise, cond, uncond, guidance):
+def sample_trajectories(model, scheduler, noise, cond, uncond, guidance):
   """Latents after every step but the last: (N − 1, B, C, F, H, W), erasers off."""
   velocity = loop_callable(model)
   timesteps = jnp.asarray(scheduler.timesteps)
@@ -120,7 +119,7 @@ class TrajectoryPool:
                           for p, r in chunk])
         noise = np.concatenate([noise, np.zeros((pad, *sample_shape), np.float32)])
         text = np.concatenate([cond[[p for p, _ in chunk]], np.zeros((pad, *cond.shape[1:]), cond.dtype)])
-        xs = _trajectories(model, scheduler, jnp.asarray(noise), jnp.asarray(text),
+        xs = sample_trajectories(model, scheduler, jnp.asarray(noise), jnp.asarray(text),
                            jnp.broadcast_to(jnp.asarray(uncond), text.shape), guidance)
         for j, (p, r) in enumerate(chunk):  # one trajectory on the host at a time
           trajectory = np.asarray(to_host(xs[:, j]))

@@ -179,7 +179,6 @@ class UMT5Encoder(nnx.Module):
     return self.final_layer_norm(x)
 
 
-
 def forward_flops(cfg: UMT5Config, tokens: int, batch: int = 1) -> int:
   """Analytic FLOPs of one encoder forward (matmuls only, 2 per multiply-add)."""
   d, inner, s = cfg.d_model, cfg.num_heads * cfg.d_kv, tokens
