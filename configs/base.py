@@ -4,6 +4,7 @@ The `eraser`, `objective`, `trajectory` and `optim` groups take their fields and
 library's dataclasses (`t2vu_jax.erase.run_config.GROUPS`), so each default is written once.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from t2vu_jax.erase.run_config import GROUPS, STAGES, config_group
 
@@ -18,7 +19,7 @@ def get_config():
   c.mesh = "1x-1x1x1"            # data x fsdp x context x tensor over all devices; -1 fills one axis
 
   c.model = ml_collections.ConfigDict()
-  c.model.path = ""              # a diffusers Wan2.1 T2V pipeline directory
+  c.model.path = ""              # a diffusers Wan T2V pipeline directory (Wan2.1, Wan2.2 TI2V-5B or A14B)
   c.model.dtype = "bfloat16"     # transformer weights and activations (norms stay fp32)
   c.model.text_dtype = "bfloat16"
   c.model.remat = "none"         # the transformer blocks' rematerialisation: none, full, dots (long videos: full)
@@ -37,7 +38,9 @@ def get_config():
   c.prompts.preserve = ""        # optional
   c.prompts.evaluate = ""        # evaluation prompts disjoint from training: JSONL pool(s) or an authors' CSV
 
-  c.eval = ml_collections.ConfigDict(dict(num_prompts=4, seeds=1, steps=50, guidance=5.0, frames=81,
+  # guidance_2: a two-expert pipeline's low-noise expert's guidance (None: guidance)
+  c.eval = ml_collections.ConfigDict(dict(num_prompts=4, seeds=1, steps=50, guidance=5.0,
+                                          guidance_2=config_dict.placeholder(float), frames=81,
                                           height=480, width=832, fps=16, scorer="none", score_every=1,
                                           decode_chunk=1))  # latent frames per VAE decode step
   c.export = ml_collections.ConfigDict(dict(formats="adapter", dtype="bfloat16"))

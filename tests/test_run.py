@@ -31,10 +31,12 @@ def tiny_config(model_path, workdir, **changes):
   return config
 
 
-@pytest.mark.parametrize("config_file, ti2v", [("wan_nudity", False), ("wan22_5b_nudity", True)])
-def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path, config_file, ti2v):
-  """Wan2.1's config on a tiny Wan2.1 pipeline, Wan2.2 TI2V-5B's on a tiny pipeline of its layout."""
-  _, path = wan_pipeline_dir(ti2v=ti2v)
+@pytest.mark.parametrize("config_file, layout", [("wan_nudity", {}), ("wan22_5b_nudity", {"ti2v": True}),
+                                                 ("wan22_a14b_nudity", {"boundary_ratio": 0.9})])
+def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path, config_file, layout):
+  """Wan2.1's config on a tiny Wan2.1 pipeline, Wan2.2 TI2V-5B's and A14B's on tiny pipelines of their
+  layouts (A14B: two experts, an eraser set and an export each)."""
+  _, path = wan_pipeline_dir(**layout)
   flags = [f"--config.{k}={v}" for k, v in {**TINY_OVERRIDES, "model.path": path, "workdir": tmp_path / "run"}.items()]
   result = subprocess.run([sys.executable, "run.py", f"--config=configs/{config_file}.py", *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
@@ -48,7 +50,9 @@ def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path, 
   evaluation = json.loads((run / "evaluation.json").read_text())
   samples = evaluation["videos"]
   assert len(samples) == 1 and (run / samples[0]["base"]).exists() and (run / samples[0]["erased"]).exists()
-  assert (run / "export" / "adapter").is_dir() and (run / "report.md").exists()
+  experts = ("transformer", "transformer_2") if "boundary_ratio" in layout else ("",)
+  assert all((run / "export" / "adapter" / e / "erasers.safetensors").is_file() for e in experts)
+  assert (run / "report.md").exists()
   assert evaluation["scorer"] == "nudenet" and set(evaluation["aggregate"]) == {"base", "erased"}
   assert evaluation["aggregate"]["base"]["frames_scored"] == 5 and "video-level rate" in (run / "report.md").read_text()
   assert json.loads((run / "config.json").read_text())["model"]["path"] == str(path)
@@ -69,8 +73,8 @@ def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_p
   assert summary["erase"]["resumed_from"] == 2 and set(summary) == {"erase"}  # finished stages skipped
   from flax import nnx
   from t2vu_jax.models.erasers import EraserParam
-  for a, b in zip(nnx.to_flat_state(nnx.state(whole.erased, EraserParam)),
-                  nnx.to_flat_state(nnx.state(second.erased, EraserParam))):
+  for a, b in zip(nnx.to_flat_state(nnx.state(whole.erased[0], EraserParam)),
+                  nnx.to_flat_state(nnx.state(second.erased[0], EraserParam))):
     np.testing.assert_array_equal(np.asarray(a[1][...]), np.asarray(b[1][...]))
 
 
@@ -172,7 +176,7 @@ ErasureJob(tiny_config(sys.argv[1], sys.argv[2], stages='load,encode,erase', **{
 def _erasers(job):
   from flax import nnx
   from t2vu_jax.models.erasers import EraserParam
-  return [np.asarray(v[...]) for _, v in nnx.to_flat_state(nnx.state(job.erased, EraserParam))]
+  return [np.asarray(v[...]) for _, v in nnx.to_flat_state(nnx.state(job.erased[0], EraserParam))]
 
 
 def test_sigterm_saves_and_the_rerun_resumes_bit_identically(wan_pipeline_dir, tmp_path):

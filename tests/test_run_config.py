@@ -175,7 +175,7 @@ def test_records_of_alpha_zero_read_as_alpha_equal_to_rank(tmp_path):
   assert run_config.read_record(str(tmp_path / "config.json"))["eraser"]["alpha"] is None
 
 
-def test_a_two_expert_pipeline_is_refused_before_any_weights_load(tmp_path):
+def test_a_two_expert_pipeline_is_checked_before_any_weights_load(tmp_path):
   from configs import toy
   (tmp_path / "model_index.json").write_text('{"_class_name": "WanPipeline", "boundary_ratio": 0.875, '
                                              '"transformer_2": ["diffusers", "WanTransformer3DModel"]}')
@@ -185,6 +185,20 @@ def test_a_two_expert_pipeline_is_refused_before_any_weights_load(tmp_path):
     run_config.validate(config)  # the pipeline's own checks, before any weights load
   for sub in ("transformer", "transformer_2", "text_encoder", "tokenizer", "vae", "scheduler"):
     (tmp_path / sub).mkdir()
-  refusal = r"config\.model\.path: .*two-expert \(Wan2\.2 A14B\).*not supported"
-  with pytest.raises(run_config.ConfigError, match=refusal):
+  (tmp_path / "scheduler" / "scheduler_config.json").write_text('{"num_train_timesteps": 1000}')
+  config.trajectory.update(dict(steps=2, shift=1.0))  # one training point, at timestep 500: low noise only
+  with pytest.raises(run_config.ConfigError, match=r"config\.trajectory\.steps: .*transformer \(high noise\)"):
+    run_config.validate(config)
+  config.trajectory.update(dict(steps=40, shift=12.0, guidance_2=3.0))
+  config.eval.guidance_2 = 3.0
+  run_config.validate(config)  # both experts get training points
+
+
+@pytest.mark.parametrize("field", ["trajectory.guidance_2", "eval.guidance_2"])
+def test_a_second_guidance_needs_a_second_expert(field):
+  from configs import toy
+  config = toy.get_config()  # the toy model: one transformer
+  group, name = field.split(".")
+  config[group][name] = 3.0
+  with pytest.raises(run_config.ConfigError, match=rf"config\.{group}\.{name}: is set, but .* one transformer"):
     run_config.validate(config)

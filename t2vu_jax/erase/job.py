@@ -16,6 +16,7 @@ of each stage, so the run directory must be on a filesystem they share.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -56,7 +57,7 @@ class ErasureJob:
     except OSError as e:
       fail("workdir", f"cannot write the run directory {self.run_dir}: {e}")
     self.pipe = None
-    self.erased = None  # the trained model, once the erase stage ran or a checkpoint was restored
+    self.erased = None  # the trained experts, once the erase stage ran or a checkpoint was restored
     self.erased_from = None  # {"step", "latest_step"} of its erasers
     self._erasers_record = None  # erased_from with the erasers' sha256, computed once per erased model
 
@@ -158,10 +159,15 @@ class ErasureJob:
   def eval_prompts(self) -> list[tuple[str, int]]:
     return evaluation_prompts(self.config)
 
-  def erased_model(self):
-    """The pipeline's transformer with the erasers of the latest readable checkpoint."""
+  def experts(self) -> list:
+    """The pipeline's transformers: one, or Wan2.2 A14B's high- and low-noise experts."""
+    pipe = self.pipeline()
+    return [pipe.transformer] + ([pipe.transformer_2] if pipe.transformer_2 is not None else [])
+
+  def erased_models(self) -> list:
+    """The experts with the erasers of the latest readable checkpoint."""
     if self.erased is None:
-      self.erased, self.erased_from = loop.restore_erased(self.pipeline().transformer, self.config, self.mesh,
+      self.erased, self.erased_from = loop.restore_erased(self.experts(), self.config, self.mesh,
                                                           self.path("checkpoints"))
       if self.erased_from["step"] != self.erased_from["latest_step"]:
         self.log(f"warning: the latest checkpoint (step {self.erased_from['latest_step']}) cannot be read; "
@@ -169,20 +175,22 @@ class ErasureJob:
     return self.erased
 
   def erasers_record(self) -> dict:
-    """What the erased model's erasers are: the step they come from and their sha256."""
+    """What the erased model's erasers are: the step they come from and their sha256 (of both experts'
+    digests in a two-expert model)."""
     if self._erasers_record is None:
-      model = self.host_model(with_base=False)  # every process calls this, as every process runs each stage
-      self._erasers_record = {**self.erased_from, "sha256": erasers_params.eraser_digest(model)}
+      digests = [erasers_params.eraser_digest(m) for m in self.host_models(with_base=False)]  # every process calls this
+      digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+      self._erasers_record = {**self.erased_from, "sha256": digest}
     return self._erasers_record
 
-  def host_model(self, with_base: bool):
-    """The erased model with its erasers (and, `with_base`, its base weights) as arrays on this host:
-    gathered from every process in a multi-process run (all must call this); else the model itself."""
-    model = self.erased_model()
+  def host_models(self, with_base: bool) -> list:
+    """The erased experts with their erasers (and, `with_base`, their base weights) as arrays on this
+    host: gathered from every process in a multi-process run (all must call this); else the models."""
+    models = self.erased_models()
     if jax.process_count() == 1:
-      return model
-    graphdef, erasers, base = nnx.split(model, EraserParam, ...)
-    return nnx.merge(graphdef, to_host(erasers), to_host(base) if with_base else base)
+      return models
+    split = [nnx.split(m, EraserParam, ...) for m in models]
+    return [nnx.merge(g, to_host(e), to_host(b) if with_base else b) for g, e, b in split]
 
   # -- stages ------------------------------------------------------------------------------------
 
@@ -213,28 +221,37 @@ class ErasureJob:
     v = self.config.video
     pipe = self.pipeline()
     self.erased, info = loop.erase(
-        pipe.transformer, self.config, self.mesh, np.load(self.path("embeddings.npz")), self.prompt_set(),
+        self.experts(), self.config, self.mesh, np.load(self.path("embeddings.npz")), self.prompt_set(),
         pipe.latent_shape(self.config.batch_size, v.height, v.width, v.frames), self.run_dir, self.primary,
-        self.progress, self.log)
+        self.progress, self.log, pipe.boundary)
     self.erased_from, self._erasers_record = {"step": info["steps"], "latest_step": info["steps"]}, None
     return {**info, "erasers": self.erasers_record()}
 
   def stage_export(self):
+    """Each format under `export/<format>`; a two-expert model's experts under `export/<format>/transformer`
+    and `export/<format>/transformer_2`, as diffusers names them."""
     formats = split_paths(self.config.export.formats)
-    model = self.host_model(with_base="merged" in formats)
+    models = self.host_models(with_base="merged" in formats)
     out = {kind: os.path.join("export", kind) for kind in formats}
     if self.primary:
       for kind, target in out.items():
-        remove_stale(self.path(target))  # left by an export that was killed
-        erasers_params.export(model, kind, self.path(target), dtype=self.config.export.dtype, overwrite=True,
-                              progress=self.progress)
+        targets = [target] if len(models) == 1 else [os.path.join(target, name) for name in loop.EXPERT_NAMES]
+        for model, path in zip(models, targets):
+          remove_stale(self.path(path))  # left by an export that was killed
+          erasers_params.export(model, kind, self.path(path), dtype=self.config.export.dtype, overwrite=True,
+                                progress=self.progress)
     return {**out, "erasers": self.erasers_record()}
+
+  def erased_pipeline(self):
+    """The pipeline with the erased experts in place of its transformers."""
+    erased = self.erased_models()
+    return dataclasses.replace(self.pipeline(), transformer=erased[0],
+                               transformer_2=erased[1] if len(erased) > 1 else None)
 
   def stage_evaluate(self):
     """The evaluation prompts through the base and the erased model on the same seeds: videos, and
     scores when a scorer is configured."""
-    pipe = self.pipeline()
-    models = {"base": (pipe, False), "erased": (dataclasses.replace(pipe, transformer=self.erased_model()), True)}
+    models = {"base": (self.pipeline(), False), "erased": (self.erased_pipeline(), True)}
     result = evaluate_models(models, self.config, self.run_dir, self.mesh, self.primary, self.progress,
                              erasers=self.erasers_record())
     return {"videos": 2 * len(result["videos"]), "scorer": self.config.eval.scorer, "erasers": result["erasers"]}

@@ -3,9 +3,13 @@ and resume.
 
 Each step's prompts and RNG key are functions of (seed, step), so a run resumed from a checkpoint
 replays exactly the run that was interrupted. A checkpoint holds what training changes (`trainable`).
+
+A two-expert model (Wan2.2 A14B) trains one eraser set per expert, each with its own optimizer; a
+step trains the expert `trajectory.step_expert` draws for it, and a checkpoint holds both.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -21,7 +25,8 @@ from t2vu_jax.erase.objective import ErasureBatch
 from t2vu_jax.erase.pool import TrajectoryPool
 from t2vu_jax.erase.prompts import ErasureSet
 from t2vu_jax.erase.run_config import fail, settings
-from t2vu_jax.erase.train import init_train_state, make_optimizer, make_train_step
+from t2vu_jax.erase.train import Expert, TrainState, init_train_state, make_optimizer, make_train_step
+from t2vu_jax.erase.trajectory import expert_ranges, step_expert
 from t2vu_jax.io import eraser_format
 from t2vu_jax.models.erasers import attach_erasers
 from t2vu_jax.models.wan import WanTransformer
@@ -61,17 +66,38 @@ class MetricsLog:
       self.board.close()
 
 
-def trainable(state) -> dict:
-  """What a train checkpoint holds: the rest of a step is a function of (seed, step)."""
-  return {"step": state.step, "erasers": state.erasers, "opt_state": state.opt_state}
+EXPERT_NAMES = ("transformer", "transformer_2")  # as diffusers names a two-expert pipeline's subfolders
 
 
-def train_setup(transformer: WanTransformer, config, mesh):
+def trainable(states: list[TrainState]) -> dict:
+  """What a train checkpoint holds: the rest of a step is a function of (seed, step). One expert's
+  {"step", "erasers", "opt_state"}; with two, that of each under its name in `EXPERT_NAMES`."""
+  held = [{"step": s.step, "erasers": s.erasers, "opt_state": s.opt_state} for s in states]
+  return held[0] if len(held) == 1 else dict(zip(EXPERT_NAMES, held))
+
+
+def restored_states(states: list[TrainState], restored: dict) -> list[TrainState]:
+  held = [restored] if len(states) == 1 else [restored[name] for name in EXPERT_NAMES]
+  return [s._replace(step=r["step"], erasers=r["erasers"], opt_state=r["opt_state"]) for s, r in zip(states, held)]
+
+
+def expert_steps(config, boundary: float | None) -> tuple[list[tuple[int, int]], list[int]]:
+  """(each expert's range of k, the expert of every step of the run)."""
+  ranges = expert_ranges(settings(config, "trajectory").make_scheduler(), boundary)
+  return ranges, [step_expert(ranges, config.seed, step) for step in range(config.optim.total_steps)]
+
+
+def train_setup(transformer: WanTransformer, config, mesh, updates: int | None = None):
   """(optimizer, graphdef, train state) of fresh erasers (config.eraser, seeded by config.seed) on
-  `transformer`, on `mesh`."""
+  `transformer`, on `mesh`. `updates` is the number of steps this model trains (an expert of two: its
+  share of the run), over which the learning-rate schedule runs; default `optim.total_steps`."""
   model = attach_erasers(transformer, settings(config, "eraser"), seed=config.seed)
   shard_module(model, mesh)  # the fresh erasers join the base weights on the mesh
-  tx = make_optimizer(settings(config, "optim"))
+  optim = settings(config, "optim")
+  if updates is not None and updates != optim.total_steps:
+    n = max(updates, 1)
+    optim = dataclasses.replace(optim, total_steps=n, warmup_steps=min(n, round(optim.warmup_steps * n / optim.total_steps)))
+  tx = make_optimizer(optim)
   graphdef, state = init_train_state(model, tx)
   # Scalars (step, Adam's count) replicated on the mesh, where the step returns them: otherwise the
   # second step sees new input shardings and compiles again.
@@ -89,32 +115,37 @@ def checkpoints(directory: str, transformer: WanTransformer, config) -> TrainChe
   return TrainCheckpoints(directory, signature)
 
 
-def restore_erased(transformer: WanTransformer, config, mesh, checkpoint_dir: str) -> tuple[WanTransformer, dict]:
-  """(`transformer` with the erasers of the newest readable checkpoint in `checkpoint_dir`, its source:
+def restore_erased(experts: list[WanTransformer], config, mesh, checkpoint_dir: str
+                   ) -> tuple[list[WanTransformer], dict]:
+  """(the `experts` with the erasers of the newest readable checkpoint in `checkpoint_dir`, its source:
   {"step", "latest_step"}; they differ when the latest checkpoint could not be read)."""
-  _, graphdef, state = train_setup(transformer, config, mesh)
-  saved = checkpoints(checkpoint_dir, transformer, config)
-  step, restored = saved.restore_latest(trainable(state))
+  setups = [train_setup(t, config, mesh) for t in experts]
+  saved = checkpoints(checkpoint_dir, experts[0], config)
+  step, restored = saved.restore_latest(trainable([state for _, _, state in setups]))
   if restored is None:
     raise FileNotFoundError(f"no erasure checkpoint in {checkpoint_dir}; run the erase stage")
-  return nnx.merge(graphdef, restored["erasers"], state.base), {"step": step, "latest_step": saved.latest_step()}
+  states = restored_states([state for _, _, state in setups], restored)
+  models = [nnx.merge(graphdef, state.erasers, state.base) for (_, graphdef, _), state in zip(setups, states)]
+  return models, {"step": step, "latest_step": saved.latest_step()}
 
 
-def trajectory_pools(transformer: WanTransformer, config, embeddings, latent_shape, run_dir: str,
-                     primary: bool, progress: bool) -> dict[str, TrajectoryPool]:
-  """{"erase", "preserve"}: the frozen-model trajectory pools of the training prompts, built (or
-  completed) on disk under `run_dir/pool`; empty without `trajectory.pool_repeats`."""
+def trajectory_pools(experts: list[WanTransformer], config, embeddings, latent_shape, run_dir: str,
+                     primary: bool, progress: bool, boundary: float | None = None) -> dict[str, TrajectoryPool]:
+  """{"erase", "preserve"}: the frozen-model trajectory pools of the training prompts (through both
+  experts of a two-expert model), built (or completed) on disk under `run_dir/pool`; empty without
+  `trajectory.pool_repeats`."""
   trajectory = settings(config, "trajectory")
   if not trajectory.pool_repeats:
     return {}
+  second = dict(model_2=experts[1], boundary=boundary, guidance_2=trajectory.guidance_2) if len(experts) > 1 else {}
   pools = {}
   for name in ("erase", "preserve"):
     if len(embeddings[name]):
       pools[name] = TrajectoryPool.build(
-          transformer, trajectory.make_scheduler(), embeddings[name], embeddings["empty"], trajectory.guidance,
+          experts[0], trajectory.make_scheduler(), embeddings[name], embeddings["empty"], trajectory.guidance,
           latent_shape[1:], repeats=trajectory.pool_repeats, seed=config.seed, batch_size=latent_shape[0],
           progress=progress, directory=os.path.join(run_dir, "pool", name), dtype=trajectory.pool_dtype,
-          cache_bytes=trajectory.pool_cache_mb << 20, write=primary)
+          cache_bytes=trajectory.pool_cache_mb << 20, write=primary, **second)
   return pools
 
 
@@ -129,7 +160,8 @@ class StepBatches:
     self.empty = jnp.asarray(embeddings["empty"])[None]
     self.anchored = config.objective.anchor == "prompt"
 
-  def __call__(self, step: int) -> ErasureBatch:
+  def __call__(self, step: int, k_range: tuple[int, int] | None = None) -> ErasureBatch:
+    """Step `step`'s batch; pooled points are drawn with k in `k_range` (default: every k)."""
     c, data = self.config, self.data
     erase, preserve = self.prompts.sample(c.batch_size, c.seed, step, c.preserve_batch_size)
     rows = np.array([self.index[e.prompt] for e in erase])
@@ -139,40 +171,48 @@ class StepBatches:
                          anchor=jnp.asarray(data["anchor"][rows]) if self.anchored else None)
     rng = np.random.default_rng((c.seed, step))  # the points of a step do not depend on where a run resumed
     if "erase" in self.pools:
-      x_t, t, sigma = self.pools["erase"].draw(rng, rows)
+      x_t, t, sigma = self.pools["erase"].draw(rng, rows, k_range)
       batch = batch._replace(x_t=jnp.asarray(x_t), t=jnp.asarray(t), sigma=jnp.asarray(sigma))
     if preserve:
       pre_rows = np.array([self.pre_index[e.prompt] for e in preserve])[:len(rows)]
       batch = batch._replace(cond_pre=jnp.asarray(data["preserve"][pre_rows]))
       if "preserve" in self.pools:
-        x_pre, t_pre, _ = self.pools["preserve"].draw(rng, pre_rows)
+        x_pre, t_pre, _ = self.pools["preserve"].draw(rng, pre_rows, k_range)
         batch = batch._replace(x_pre=jnp.asarray(x_pre), t_pre=jnp.asarray(t_pre))
     return batch
 
 
-def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: ErasureSet, latent_shape,
-          run_dir: str, primary: bool = True, progress: bool = True, log=print) -> tuple[WanTransformer, dict]:
-  """Train erasers on `transformer` for `config.optim.total_steps` steps, resuming from the latest
-  checkpoint under `run_dir`; returns (the erased model, stage info). A SIGTERM or Ctrl-C saves a
-  checkpoint and raises `Preempted`."""
+def erase(experts: list[WanTransformer], config, mesh, embeddings, prompts: ErasureSet, latent_shape,
+          run_dir: str, primary: bool = True, progress: bool = True, log=print, boundary: float | None = None
+          ) -> tuple[list[WanTransformer], dict]:
+  """Train erasers on the `experts` (one transformer, or Wan2.2 A14B's two switched at timestep
+  `boundary`) for `config.optim.total_steps` steps, resuming from the latest checkpoint under
+  `run_dir`; returns (the erased models, stage info). A SIGTERM or Ctrl-C saves a checkpoint and raises
+  `Preempted`."""
   if config.objective.anchor == "prompt" and "anchor" not in embeddings:
     fail("objective.anchor", "'prompt' needs anchor embeddings, and this run's encode stage ran without them: "
          f"delete {os.path.join(run_dir, 'stages', 'encode')} and rerun to encode them")
+  if (len(experts) > 1) != (boundary is not None):
+    raise ValueError("two experts need a boundary timestep, and a boundary two experts")
   optim = settings(config, "optim")
-  tx, graphdef, state = train_setup(transformer, config, mesh)
-  step_fn = make_train_step(graphdef, tx, settings(config, "objective"), settings(config, "trajectory"),
-                            latent_shape)
-  saved = checkpoints(os.path.join(run_dir, "checkpoints"), transformer, config)
-  start, restored = saved.restore_latest(trainable(state))
+  ranges, step_experts = expert_steps(config, boundary)
+  setups = [train_setup(t, config, mesh, updates=step_experts.count(i)) for i, t in enumerate(experts)]
+  states = [state for _, _, state in setups]
+  step_fns = [make_train_step(graphdef, tx, settings(config, "objective"), settings(config, "trajectory"),
+                              latent_shape,
+                              Expert(i, setups[1 - i][1], boundary, ranges[i]) if len(experts) > 1 else None)
+              for i, (tx, graphdef, _) in enumerate(setups)]
+  saved = checkpoints(os.path.join(run_dir, "checkpoints"), experts[0], config)
+  start, restored = saved.restore_latest(trainable(states))
   if start > optim.total_steps:
     fail("optim.total_steps", f"{optim.total_steps} is below step {start} of the latest checkpoint in "
          f"{os.path.join(run_dir, 'checkpoints')}; start a new run with --config.workdir=NEW_DIR")
   if restored is not None:
-    state = state._replace(step=restored["step"], erasers=restored["erasers"], opt_state=restored["opt_state"])
+    states = restored_states(states, restored)
     log(f"resuming erasure from step {start}")
 
   with jax.set_mesh(mesh):
-    pools = trajectory_pools(transformer, config, embeddings, latent_shape, run_dir, primary, progress)
+    pools = trajectory_pools(experts, config, embeddings, latent_shape, run_dir, primary, progress, boundary)
   batches = StepBatches(embeddings, prompts, config, pools)
   metrics_log = MetricsLog(run_dir, enabled=primary, resume_step=start)
   key = jax.random.key(config.seed)
@@ -181,11 +221,13 @@ def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: Erasur
   with preemption_guard() as preemption, jax.set_mesh(mesh):
     for step in tqdm(range(start, optim.total_steps), desc="erasing", initial=start, total=optim.total_steps,
                      disable=not progress):
-      state, metrics = step_fn(state, batches(step), jax.random.fold_in(key, step))
+      e = step_experts[step]
+      other = states[1 - e] if len(states) > 1 else None
+      states[e], metrics = step_fns[e](states[e], batches(step, ranges[e]), jax.random.fold_in(key, step), other)
       if every(config.log_every, step):
-        metrics_log.write(step + 1, metrics)
+        metrics_log.write(step + 1, {**metrics, "expert": e} if len(states) > 1 else metrics)
       if every(config.checkpoint_every, step) or preemption["requested"]:
-        saved.save(step + 1, trainable(state))
+        saved.save(step + 1, trainable(states))
       if preemption["requested"] and step + 1 < optim.total_steps:
         saved.wait()
         metrics_log.close()
@@ -193,4 +235,6 @@ def erase(transformer: WanTransformer, config, mesh, embeddings, prompts: Erasur
         raise Preempted(step + 1)
   saved.wait()
   metrics_log.close()
-  return nnx.merge(graphdef, state.erasers, state.base), {"steps": optim.total_steps, "resumed_from": start}
+  models = [nnx.merge(graphdef, state.erasers, state.base) for (_, graphdef, _), state in zip(setups, states)]
+  return models, {"steps": optim.total_steps, "resumed_from": start,
+                  **({"expert_steps": [step_experts.count(i) for i in range(len(experts))]} if len(experts) > 1 else {})}

@@ -24,7 +24,7 @@ from t2vu_jax import schedulers
 from t2vu_jax.erase.trajectory import POOL_DTYPES
 from t2vu_jax.io.atomic import write_text
 from t2vu_jax.models.wan import WanTransformer
-from t2vu_jax.pipeline import cfg_velocity, loop_callable
+from t2vu_jax.pipeline import cfg_velocity, expert_switch, loop_callable
 from t2vu_jax.sharding import sync_processes, to_host
 
 
@@ -33,21 +33,32 @@ def pool_noise_key(seed: int, prompt: int, repeat: int) -> jax.Array:
   return jax.random.key(seed * 1_000_003 + prompt * 1009 + repeat)
 
 
-@nnx.jit(static_argnums=(1,))
-def sample_trajectories(model, scheduler, noise, cond, uncond, guidance):
-  """Latents after every step but the last: (N − 1, B, C, F, H, W), erasers off."""
-  velocity = loop_callable(model)
+@nnx.jit(static_argnums=(1, 6))
+def sample_trajectories(model, scheduler, noise, cond, uncond, guidance, boundary=None, model_2=None,
+                        guidance_2=None):
+  """Latents after every step but the last: (N − 1, B, C, F, H, W), erasers off; with `model_2` the
+  steps whose timestep is below `boundary` run it (guidance `guidance_2`, default `guidance`)."""
   timesteps = jnp.asarray(scheduler.timesteps)
+  switch = expert_switch(scheduler, boundary)
+  dtype = model.dtype
+  cond, uncond = cond.astype(dtype), uncond.astype(dtype)
 
-  def body(carry, i):
-    x, state = carry
-    v = cfg_velocity(velocity, x.astype(model.dtype), timesteps[i], cond.astype(model.dtype),
-                     uncond.astype(model.dtype), guidance, erasers=False)
-    x, state = scheduler.step(state, v.astype(jnp.float32), x)
-    return (x, state), x
+  def run(expert, g, steps, carry):
+    velocity = loop_callable(expert)
 
-  _, xs = jax.lax.scan(body, (noise, scheduler.init(noise)), jnp.arange(scheduler.num_steps - 1))
-  return xs
+    def body(carry, i):
+      x, state = carry
+      v = cfg_velocity(velocity, x.astype(dtype), timesteps[i], cond, uncond, g, erasers=False)
+      x, state = scheduler.step(state, v.astype(jnp.float32), x)
+      return (x, state), x
+    return jax.lax.scan(body, carry, steps)
+
+  carry, high = run(model, guidance, jnp.arange(min(switch, scheduler.num_steps - 1)), (noise, scheduler.init(noise)))
+  if model_2 is None or switch >= scheduler.num_steps - 1:
+    return high
+  _, low = run(model_2, guidance if guidance_2 is None else guidance_2, jnp.arange(switch, scheduler.num_steps - 1),
+               carry)
+  return jnp.concatenate([high, low])
 
 
 ZARR_DTYPES = {"float32": "<f4", "bfloat16": "bfloat16"}
@@ -92,9 +103,11 @@ class TrajectoryPool:
   @classmethod
   def build(cls, model: WanTransformer, scheduler: schedulers.Scheduler, cond, uncond, guidance: float,
             sample_shape, repeats: int = 1, seed: int = 0, batch_size: int = 4, progress: bool = True,
-            directory: str | None = None, dtype: str = "float32", cache_bytes: int = 0, write: bool = True):
+            directory: str | None = None, dtype: str = "float32", cache_bytes: int = 0, write: bool = True,
+            model_2: WanTransformer | None = None, boundary: float | None = None, guidance_2: float | None = None):
     """Trajectories of every prompt embedding in `cond` (P, L, D), `repeats` noises each, of latents
-    shaped `sample_shape` (C, F, H, W); `uncond` is the empty prompt's embedding (L, D).
+    shaped `sample_shape` (C, F, H, W); `uncond` is the empty prompt's embedding (L, D). With `model_2`
+    (a two-expert model) the steps below timestep `boundary` run it, with guidance `guidance_2`.
 
     In memory without `directory`; else on disk under it, continuing a build that stopped. In a
     multi-process run every process samples (the model is sharded over all of them) and only the
@@ -105,6 +118,8 @@ class TrajectoryPool:
     shape = (len(cond), repeats, scheduler.num_steps - 1, *sample_shape)
     settings = {"shape": list(shape), "dtype": dtype, "seed": seed, "guidance": float(guidance),
                 "timesteps": np.asarray(scheduler.timesteps).tolist()}
+    if model_2 is not None:
+      settings.update(boundary=float(boundary), guidance_2=None if guidance_2 is None else float(guidance_2))
     if directory is None:
       latents, built = np.zeros(shape, np.dtype(jnp.dtype(dtype))), set()
     else:
@@ -120,7 +135,8 @@ class TrajectoryPool:
         noise = np.concatenate([noise, np.zeros((pad, *sample_shape), np.float32)])
         text = np.concatenate([cond[[p for p, _ in chunk]], np.zeros((pad, *cond.shape[1:]), cond.dtype)])
         xs = sample_trajectories(model, scheduler, jnp.asarray(noise), jnp.asarray(text),
-                           jnp.broadcast_to(jnp.asarray(uncond), text.shape), guidance)
+                                 jnp.broadcast_to(jnp.asarray(uncond), text.shape), guidance, boundary, model_2,
+                                 guidance_2)
         for j, (p, r) in enumerate(chunk):  # one trajectory on the host at a time
           trajectory = np.asarray(to_host(xs[:, j]))
           if directory is None:
@@ -133,11 +149,12 @@ class TrajectoryPool:
         bar.update(len(chunk))
     return cls(latents, np.asarray(scheduler.timesteps), np.asarray(scheduler.sigmas))
 
-  def draw(self, rng: np.random.Generator, prompts: np.ndarray):
-    """(x_t, t, sigma) for the given prompt indices, each at a random repeat and step k; x_t is float32."""
+  def draw(self, rng: np.random.Generator, prompts: np.ndarray, k_range: tuple[int, int] | None = None):
+    """(x_t, t, sigma) for the given prompt indices, each at a random repeat and step k in `k_range`
+    (default: every step); x_t is float32."""
     _, repeats, steps = self.latents.shape[:3]
     r = rng.integers(0, repeats, len(prompts))
-    k = rng.integers(0, steps, len(prompts))
+    k = rng.integers(*(k_range or (0, steps)), len(prompts))
     if isinstance(self.latents, np.ndarray):
       x_t = self.latents[prompts, r, k].astype(np.float32)
     else:

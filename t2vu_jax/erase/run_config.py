@@ -19,7 +19,7 @@ from t2vu_jax.attention import check_backend
 from t2vu_jax.erase.objective import ObjectiveConfig
 from t2vu_jax.erase.prompts import ErasureSet, load_pools, split_paths
 from t2vu_jax.erase.train import OptimConfig
-from t2vu_jax.erase.trajectory import TrajectoryConfig
+from t2vu_jax.erase.trajectory import TrajectoryConfig, expert_ranges
 from t2vu_jax.evaluate import scorers
 from t2vu_jax.evaluate.videos import evaluation_prompts
 from t2vu_jax.io.errors import CheckpointError
@@ -65,9 +65,10 @@ def config_group(cls) -> ml_collections.ConfigDict:
 
 
 def settings(config, group: str):
-  """The dataclass of config group `group` (one of `GROUPS`); a bad value is a ConfigError naming it."""
+  """The dataclass of config group `group` (one of `GROUPS`; its defaults where a run recorded before the
+  group existed lacks it); a bad value is a ConfigError naming it."""
   try:
-    return GROUPS[group](**config[group].to_dict())
+    return GROUPS[group](**(config[group].to_dict() if group in config else {}))
   except (ValueError, TypeError) as e:
     fail(group, str(e))
 
@@ -125,21 +126,14 @@ def validate(config) -> list[str]:
   """Check everything that can be checked before heavy work; returns the stages to run."""
   stages = parse_stages(config.stages)
   if not config.model.path:
-    fail("model.path", "is empty; give a diffusers Wan T2V pipeline directory (Wan2.1, Wan2.2 TI2V-5B)")
+    fail("model.path", "is empty; give a diffusers Wan T2V pipeline directory (Wan2.1, Wan2.2 TI2V-5B or A14B)")
   if not os.path.isdir(config.model.path):
     fail("model.path", f"directory does not exist: {config.model.path}")
-  if os.path.isfile(os.path.join(config.model.path, "model_index.json")):
-    from t2vu_jax.pipeline import check_pipeline_dir
-    try:
-      meta = check_pipeline_dir(config.model.path)
-    except CheckpointError as e:
-      fail("model.path", str(e))
-    if meta.get("boundary_ratio") is not None:
-      fail("model.path", f"{config.model.path} is a two-expert (Wan2.2 A14B) pipeline; erasing it (an eraser "
-                         "set per expert) is not supported yet")
   validate_model(config)
   for group in GROUPS:
     settings(config, group)
+  if os.path.isfile(os.path.join(config.model.path, "model_index.json")):
+    _validate_experts(config)
   for group in ("video", "eval"):
     v = config[group]
     if v.frames < 1 or (v.frames - 1) % 4:
@@ -155,6 +149,37 @@ def validate(config) -> list[str]:
   _validate_export(config)
   _validate_eval(config, stages)
   return stages
+
+
+def pipeline_boundary(path: str) -> float | None:
+  """The timestep at which a two-expert pipeline (Wan2.2 A14B) switches experts; None with one expert."""
+  from t2vu_jax.pipeline import check_pipeline_dir
+  ratio = check_pipeline_dir(path).get("boundary_ratio")
+  if ratio is None:
+    return None
+  with open(os.path.join(path, "scheduler", "scheduler_config.json")) as f:
+    return ratio * json.load(f).get("num_train_timesteps", 1000)
+
+
+def _validate_experts(config) -> None:
+  """A second expert's guidance only for a two-expert pipeline, whose experts both get training points."""
+  try:
+    boundary = pipeline_boundary(config.model.path)
+  except (CheckpointError, OSError, ValueError) as e:
+    fail("model.path", str(e))
+  if boundary is None:
+    for field in ("trajectory.guidance_2", "eval.guidance_2"):
+      group, name = field.split(".")
+      if config[group].get(name) is not None:
+        fail(field, f"is set, but {config.model.path} has one transformer; it is the guidance of a "
+                    "two-expert (Wan2.2 A14B) pipeline's low-noise expert")
+    return
+  ranges = expert_ranges(settings(config, "trajectory").make_scheduler(), boundary)
+  if empty := [name for name, (lo, hi) in zip(("transformer (high noise)", "transformer_2 (low noise)"), ranges)
+               if lo == hi]:
+    fail("trajectory.steps", f"with {config.trajectory.steps} steps at shift {config.trajectory.shift} no training "
+         f"point falls in the range of {' or '.join(empty)}, which switch at timestep {boundary:g}; "
+         "use more steps or another shift")
 
 
 def _validate_mesh(mesh: str) -> None:

@@ -4,6 +4,10 @@ The model is split once into its graph, the frozen base parameters (`nnx.Param`)
 eraser parameters (`EraserParam`); the train state carries both as pytrees, so the step is a pure
 function of arrays. Only erasers get gradients and optimizer state (optax Adam after global-norm
 clipping); the base parameters pass through the step untouched.
+
+In a two-expert model (Wan2.2 A14B) each expert has its own train state and its own compiled step,
+which trains it at the points of its range and samples trajectories through both experts (the other
+one's erasers and base enter the step as read-only arguments).
 """
 from __future__ import annotations
 
@@ -77,27 +81,47 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> WanTransformer:
   return nnx.merge(graphdef, state.erasers, state.base)
 
 
+@dataclasses.dataclass(frozen=True)
+class Expert:
+  """The expert a step trains in a two-expert model: `index` 0 is the high-noise `transformer`, 1 the
+  low-noise `transformer_2`; `other` is the other expert's graph; `k_range` its points' range of k."""
+  index: int
+  other: nnx.GraphDef
+  boundary: float
+  k_range: tuple[int, int]
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, objective: ObjectiveConfig,
-                    trajectory: TrajectoryConfig | None = None, latent_shape=None) -> Callable:
+                    trajectory: TrajectoryConfig | None = None, latent_shape=None,
+                    expert: Expert | None = None) -> Callable:
   """The jitted step. A batch whose `x_t` is None gets its training points from fresh trajectories
   inside the step (on-policy with erasers on, or frozen with them off; `latent_shape` (B, C, F, H, W)
-  then sizes the noise); otherwise `x_t`, `t`, `sigma` (e.g. from a `TrajectoryPool`) are used."""
+  then sizes the noise); otherwise `x_t`, `t`, `sigma` (e.g. from a `TrajectoryPool`) are used. With
+  `expert`, the step trains that expert and takes the other one's `(erasers, base)` as `other`."""
   scheduler = trajectory.make_scheduler() if trajectory is not None else None
 
-  def update(trainable, base, batch: ErasureBatch, rng):
+  def update(trainable, base, batch: ErasureBatch, rng, other=None):
     step, erasers, opt_state = trainable
     if batch.x_t is None:
       if scheduler is None or latent_shape is None:
         raise ValueError("a batch without x_t needs a trajectory config and latent_shape")
       model = nnx.merge(graphdef, erasers, base)
-      on_policy = trajectory.model == "on_policy"
+      experts = dict(model=model)
+      if expert is not None:  # trajectories through both experts, high noise first
+        high, low = [model, nnx.merge(expert.other, *other)][::1 if expert.index == 0 else -1]
+        experts = dict(model=high, model_2=low, boundary=expert.boundary, guidance_2=trajectory.guidance_2,
+                       k_range=expert.k_range)
+
+      def point(rng, cond):
+        return training_point(scheduler=scheduler, rng=rng, cond=cond, uncond=batch.uncond,
+                              guidance=trajectory.guidance, latent_shape=latent_shape,
+                              erasers=trajectory.model == "on_policy", **experts)
+
       rng, pre_rng = jax.random.split(rng)
-      x_t, t, sigma = training_point(model, scheduler, rng, batch.cond, batch.uncond, trajectory.guidance,
-                                     latent_shape, erasers=on_policy)
+      x_t, t, sigma = point(rng, batch.cond)
       batch = batch._replace(x_t=x_t, t=t, sigma=sigma)
       if batch.cond_pre is not None:
-        x_pre, t_pre, _ = training_point(model, scheduler, pre_rng, batch.cond_pre, batch.uncond,
-                                         trajectory.guidance, latent_shape, erasers=on_policy)
+        x_pre, t_pre, _ = point(pre_rng, batch.cond_pre)
         batch = batch._replace(x_pre=x_pre, t_pre=t_pre)
 
     def loss_fn(erasers):
@@ -114,10 +138,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
   # neither copied nor invalidated.
   jitted = jax.jit(update, donate_argnums=(0,))
 
-  def train_step(state: TrainState, batch: ErasureBatch, rng) -> tuple[TrainState, dict]:
+  def train_step(state: TrainState, batch: ErasureBatch, rng, other: TrainState | None = None
+                 ) -> tuple[TrainState, dict]:
+    if (expert is None) != (other is None):
+      raise ValueError("a two-expert step needs the other expert's state, and only such a step takes one")
+    other = None if other is None else (other.erasers, other.base)
     (step, erasers, opt_state), metrics = jitted((state.step, state.erasers, state.opt_state), state.base,
-                                                 batch, rng)
+                                                 batch, rng, other)
     return TrainState(step, state.base, erasers, opt_state), metrics
 
-  train_step.jitted = jitted  # jitted((step, erasers, opt_state), base, batch, rng): for ahead-of-time lowering
+  # jitted((step, erasers, opt_state), base, batch, rng, other): for ahead-of-time lowering
+  train_step.jitted = jitted
   return train_step

@@ -50,7 +50,8 @@ def evaluate_models(models: dict, config, out_dir: str, mesh, primary: bool = Tr
     for name, (pipe, erasers_on) in models.items():
       with jax.set_mesh(mesh):
         frames = pipe.generate(prompt, height=ev.height, width=ev.width, num_frames=ev.frames, steps=ev.steps,
-                               guidance=ev.guidance, seed=seed, progress=False, erasers=erasers_on)[0]
+                               guidance=ev.guidance, guidance_2=ev.get("guidance_2"), seed=seed, progress=False,
+                               erasers=erasers_on)[0]
       path = os.path.join(out_dir, "samples", f"{n:03d}_seed{seed}_{name}.mp4")
       row[name] = os.path.relpath(path, out_dir)
       if not primary:  # every process samples (the model is sharded); process 0 writes and scores

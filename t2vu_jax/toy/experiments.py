@@ -300,7 +300,7 @@ def erase(model_dir: str, group: Sequence[ConceptSets], variant: Variant, config
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     last = [json.loads(line) for line in f if line.strip()][-1]
   # From the stage marker: a rerun in a kept workdir skips the finished erasure and reads it back.
-  return job.erased_model(), {"seconds": job.marker("erase")["seconds"], "metrics": last}
+  return job.erased_models()[0], {"seconds": job.marker("erase")["seconds"], "metrics": last}
 
 
 # -- evaluation --------------------------------------------------------------------------------------
