@@ -133,6 +133,28 @@ def test_lora_export_loads_with_load_lora_weights(tmp_path, config_name):
     np.testing.assert_allclose(torch_velocity(pipe.transformer, x, t, text), base, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["diffusers", "comfyui"])
+def test_a14b_lora_files_load_into_each_expert(tmp_path, layout):
+  """A two-expert pipeline's erasers as one LoRA file per expert: diffusers loads the low-noise one with
+  `load_into_transformer_2=True`, and each expert then gives our erased velocity."""
+  pipe = build_wan_pipeline(boundary_ratio=0.9)
+  x, t, text = inputs(PIPELINE_TRANSFORMER)
+  for name, seed, transformer in (("transformer", 1, pipe.transformer), ("transformer_2", 2, pipe.transformer_2)):
+    transformer.save_pretrained(tmp_path / name)
+    model = erased(tmp_path / name, "lora", rank=4, alpha=6.0, seed=seed)
+    export_lora(model, tmp_path / "lora" / name, layout=layout)
+    ours = our_velocity(model, x, t, text)
+    assert max_err(ours, torch_velocity(transformer, x, t, text)) > 100 * TOL
+    pipe.load_lora_weights(str(tmp_path / "lora" / name), adapter_name=f"eraser_{name}",
+                           load_into_transformer_2=name == "transformer_2")
+    err = max_err(torch_velocity(transformer, x, t, text), ours)
+    print(f"A14B {name} lora ({layout}): max abs err {err:.2e}")
+    assert err <= TOL
+  # Each file went into its own expert: the other expert kept its own erasers only.
+  high_only = erased(tmp_path / "transformer", "lora", rank=4, alpha=6.0, seed=1)
+  assert max_err(torch_velocity(pipe.transformer, x, t, text), our_velocity(high_only, x, t, text)) <= TOL
+
+
 @pytest.mark.parametrize("config_name", ["tiny", "wide"])
 def test_merged_export_loads_with_from_pretrained(save_diffusers_transformer, tmp_path, config_name):
   from diffusers import WanTransformer3DModel
@@ -388,3 +410,56 @@ def test_comfyui_lora_follows_comfyui_conventions(save_diffusers_transformer, tm
 def export_merged_model(model):
   from t2vu_jax.models.erasers import merge_lora
   return merge_lora(nnx.clone(model))
+
+
+def probe_layout(path, num_layers, dim, rank, seed=0):
+  """A T2VUnlearning/PROBE eraser directory built from its published names: random adapters on every
+  block's cross-attention."""
+  g = torch.Generator().manual_seed(seed)
+  ckpt = {f"blocks.{i}.cross_attn.adapter": {"down.weight": torch.randn(rank, dim, generator=g),
+                                             "down.bias": torch.randn(rank, generator=g),
+                                             "up.weight": torch.randn(dim, rank, generator=g),
+                                             "up.bias": torch.randn(dim, generator=g)} for i in range(num_layers)}
+  os.makedirs(path)
+  torch.save(ckpt, os.path.join(path, "eraser_weights.pt"))
+  with open(os.path.join(path, "eraser_config.json"), "w") as f:
+    json.dump({"eraser_type": "adapter", "eraser_rank": rank}, f, indent=4)
+  return ckpt
+
+
+def test_probe_eraser_directories_round_trip_bit_exactly(save_diffusers_transformer, tmp_path):
+  from convert.probe_erasers import main as probe_main
+  _, transformer = save_diffusers_transformer(TINY)
+  dim, layers = TINY["num_attention_heads"] * TINY["attention_head_dim"], TINY["num_layers"]
+  theirs = probe_layout(tmp_path / "probe", layers, dim, rank=3)
+  assert probe_main(["--from-probe", str(tmp_path / "probe"), "--out", str(tmp_path / "ours")]) == 0
+  model = load_erasers_into(t2vu_jax.load_transformer(transformer, "float32", progress=False), tmp_path / "ours")
+  stacked = dict(nnx.to_flat_state(nnx.state(model.erasers, EraserParam)))
+  for i in range(layers):  # each of their tensors is its block's layer of our (in, out) parameter
+    for ours, name in (("down_w", "down.weight"), ("down_b", "down.bias"), ("up_w", "up.weight"), ("up_b", "up.bias")):
+      value = np.asarray(next(v for p, v in stacked.items() if p[-1] == ours)[...])[i]
+      np.testing.assert_array_equal(value, theirs[f"blocks.{i}.cross_attn.adapter"][name].numpy().T)
+  export_adapter(model, tmp_path / "ours_again")
+  assert probe_main(["--to-probe", str(tmp_path / "ours_again"), "--out", str(tmp_path / "probe_again")]) == 0
+  again = torch.load(tmp_path / "probe_again" / "eraser_weights.pt", weights_only=True)
+  assert sorted(again) == sorted(theirs) and json.loads((tmp_path / "probe_again" / "eraser_config.json").read_text()) \
+      == {"eraser_type": "adapter", "eraser_rank": 3}
+  for key, state in theirs.items():
+    assert sorted(again[key]) == sorted(state)
+    for name, tensor in state.items():
+      assert torch.equal(again[key][name], tensor), (key, name)
+
+
+def test_probe_conversion_refuses_what_has_no_form_there(tiny_erased, tmp_path, capsys):
+  from convert.probe_erasers import main as probe_main
+  _, path, _ = tiny_erased
+  lora = tmp_path / "lora_erasers"
+  save_erasers(erased(path, "lora", rank=4), lora)
+  assert probe_main(["--to-probe", str(lora), "--out", str(tmp_path / "p")]) == 2
+  assert "lora erasers at placement 'cross_attn' have no T2VUnlearning/PROBE form" in capsys.readouterr().err
+  probe_layout(tmp_path / "bad", 2, 8, rank=2)
+  (tmp_path / "bad" / "eraser_config.json").write_text('{"eraser_type": "adapter", "eraser_rank": 5}')
+  assert probe_main(["--from-probe", str(tmp_path / "bad"), "--out", str(tmp_path / "q")]) == 2
+  assert "down.weight has shape (2, 8), expected (5, 8)" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="T2VUnlearning/PROBE eraser config.*--from-probe"):
+    load_erasers_into(t2vu_jax.load_transformer(path, "float32", progress=False), tmp_path / "bad")

@@ -55,6 +55,9 @@ def tensor_shapes(kind: str, num_layers: int, dim: int, rank: int) -> dict[str, 
 
 def check_config(cfg: dict, where: str) -> dict:
   """Validate an `eraser_config.json` dict; returns it."""
+  if cfg.get("format") != FORMAT and "eraser_type" in cfg:
+    raise ValueError(f"{where}: a T2VUnlearning/PROBE eraser config (eraser_weights.pt); convert the directory "
+                     "with python -m convert.probe_erasers --from-probe DIR --out NEW_DIR")
   if cfg.get("format") != FORMAT:
     raise ValueError(f"{where}: not an eraser config (format {cfg.get('format')!r}, expected {FORMAT!r})")
   if cfg.get("format_version") != FORMAT_VERSION:
