@@ -6,7 +6,7 @@ library's dataclasses (`t2vu_jax.erase.run_config.GROUPS`), so each default is w
 import ml_collections
 from ml_collections import config_dict
 
-from t2vu_jax.erase.run_config import GROUPS, STAGES, config_group
+from t2vu_jax.erase.run_config import DEFAULT_STAGES, GROUPS, config_group
 
 
 def get_config():
@@ -14,7 +14,8 @@ def get_config():
   c.name = "erasure"
   c.workdir = ""                 # default: runs/<name>
   c.seed = 0
-  c.stages = ",".join(STAGES)    # any subset, in this order; finished stages are not repeated
+  c.stages = ",".join(DEFAULT_STAGES)  # any subset of run_config.STAGES (attack too), in that order;
+                                       # finished stages are not repeated
 
   c.mesh = "1x-1x1x1"            # data x fsdp x context x tensor over all devices; -1 fills one axis
 
@@ -25,7 +26,7 @@ def get_config():
   c.model.remat = "none"         # the transformer blocks' rematerialisation: none, full, dots (long videos: full)
   c.model.attention = "xla"      # attention backend: xla (everywhere), cudnn (NVIDIA GPUs), splash (TPUs)
 
-  for group, cls in GROUPS.items():  # eraser, objective, trajectory, optim
+  for group, cls in GROUPS.items():  # eraser, objective, trajectory, optim, attack
     c[group] = config_group(cls)
   c.video = ml_collections.ConfigDict(dict(frames=81, height=480, width=832))  # training trajectories
   c.batch_size = 1

@@ -43,4 +43,5 @@ def get_config():
   c.eval.update(dict(num_prompts=60, seeds=1, steps=20, guidance=4.0, frames=5, height=16, width=16, fps=4,
                      scorer="toy"))
   c.export.update(dict(formats="adapter", dtype="float32"))
+  c.attack.batch_size = 16  # toy videos are small: sample every attack prompt in one call
   return c

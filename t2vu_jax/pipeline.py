@@ -196,23 +196,33 @@ class WanPipeline:
     negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
     if len(negative) != len(prompts):
       raise ValueError(f"{len(negative)} negative prompts for {len(prompts)} prompts")
-    shape = self.latent_shape(len(prompts), height, width, num_frames)
+    use_cfg = guidance > 1.0  # as diffusers: guidance <= 1 means no unconditional pass
+    embeddings = self.encode(prompts + (negative if use_cfg else []))
+    cond, uncond = embeddings[:len(prompts)], embeddings[len(prompts):] if use_cfg else None
+    return self.sample_embeddings(cond, uncond, height, width, num_frames, steps, guidance, shift, seed, latents,
+                                  scheduler, progress, erasers, guidance_2)
+
+  def sample_embeddings(self, cond, uncond=None, height=480, width=832, num_frames=81, steps=50, guidance=5.0,
+                        shift=None, seed=0, latents=None, scheduler=None, progress=True, erasers: bool = True,
+                        guidance_2: float | None = None) -> jax.Array:
+    """Prompt embeddings (B, L, D) to final latents, as `generate_latents` samples its prompts'; `uncond`
+    (B, L, D) or None (no guidance). Attacks edit embeddings and sample them here."""
+    shape = self.latent_shape(len(cond), height, width, num_frames)
     if latents is None:
       latents = jax.random.normal(jax.random.key(seed), shape, jnp.float32)
     elif tuple(np.shape(latents)) != shape:
       raise ValueError(f"initial latents have shape {tuple(np.shape(latents))}, expected {shape} for "
-                       f"{len(prompts)} prompt(s) at {num_frames}x{height}x{width}")
-    use_cfg = guidance > 1.0  # as diffusers: guidance <= 1 means no unconditional pass
-    embeddings = self.encode(prompts + (negative if use_cfg else []))
-    cond, uncond = embeddings[:len(prompts)], embeddings[len(prompts):] if use_cfg else None
+                       f"{len(cond)} prompt(s) at {num_frames}x{height}x{width}")
+    if uncond is not None and np.shape(uncond) != np.shape(cond):
+      raise ValueError(f"unconditional embeddings have shape {np.shape(uncond)}, the prompts' {np.shape(cond)}")
     sched = self.scheduler(steps, shift, scheduler)
     with tqdm(total=steps, desc="sampling", unit="step", disable=not progress) as bar:
       _progress_bars.append(bar)
       try:
         g2 = float(guidance if guidance_2 is None else guidance_2)
         out = jax.block_until_ready(_sample(self.transformer, sched, jnp.asarray(latents, jnp.float32),
-                                            cond, uncond, float(guidance), bool(erasers), self.transformer_2,
-                                            self.boundary, g2))
+                                            jnp.asarray(cond), None if uncond is None else jnp.asarray(uncond),
+                                            float(guidance), bool(erasers), self.transformer_2, self.boundary, g2))
       finally:
         _progress_bars.pop()
     return out

@@ -9,6 +9,7 @@ import pytest
 from builders import build_tokenizer
 from t2vu_jax.erase import job
 from t2vu_jax.erase import prompts as P
+from t2vu_jax.erase import run_config
 from t2vu_jax.text import clean_prompt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def test_every_erasure_config_is_found():
 @pytest.mark.parametrize("name", NAMES)
 def test_config_validates_and_its_prompt_files_load(name, tmp_path):
   c = load_config(name, tmp_path)
-  assert job.validate(c) == list(job.STAGES)
+  assert job.validate(c) == list(run_config.DEFAULT_STAGES)
   prompts = P.ErasureSet.from_files(paths(c.prompts.erase), paths(c.prompts.preserve) or None)
   assert prompts.preserve is not None and len(prompts.erase) >= 16
   P.token_spans(build_tokenizer(), prompts.erase.entries)  # every concept is locatable in its prompt

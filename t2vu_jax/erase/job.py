@@ -1,4 +1,4 @@
-"""One erasure run, stage by stage: load → encode → erase → export → evaluate → report.
+"""One erasure run, stage by stage: load → encode → erase → export → evaluate → (attack) → report.
 
 Everything a run writes lives under its run directory: the resolved config, prompt embeddings,
 training metrics (JSONL), Orbax checkpoints of the erasers, exports, sample videos and the report.
@@ -116,7 +116,7 @@ class ErasureJob:
   def check_inputs(self) -> None:
     """Every stage to run finds what it reads: written by an earlier run, or by a stage of this one."""
     needs = {"erase": ("encode", "embeddings.npz"), "export": ("erase", "checkpoints"),
-             "evaluate": ("erase", "checkpoints")}
+             "evaluate": ("erase", "checkpoints"), "attack": ("erase", "checkpoints")}
     for stage in self.stages:
       if stage in needs and not self.done(stage):
         before, what = needs[stage]
@@ -255,6 +255,22 @@ class ErasureJob:
     result = evaluate_models(models, self.config, self.run_dir, self.mesh, self.primary, self.progress,
                              erasers=self.erasers_record())
     return {"videos": 2 * len(result["videos"]), "scorer": self.config.eval.scorer, "erasers": result["erasers"]}
+
+  def stage_attack(self):
+    """Each attack of `attack.names` on the base model, negative prompting and the erased model: the
+    concept rate within each budget, in `attacks/<name>.json`."""
+    from t2vu_jax.attack import AttackContext, run_attack
+    from t2vu_jax.attack.common import write_result
+    with jax.set_mesh(self.mesh):
+      context = AttackContext(self.pipeline(), self.erased_pipeline(), self.config, self.progress)
+      results = {}
+      for name in context.settings.attacks:
+        self.log(f"attack {name}")
+        results[name] = run_attack(name, context)
+        if self.primary:
+          write_result(self.run_dir, {**results[name], "erasers": self.erasers_record()})
+    return {"attacks": {name: os.path.join("attacks", f"{name}.json") for name in results},
+            "erasers": self.erasers_record()}
 
   def stage_report(self):
     if self.primary:

@@ -231,7 +231,7 @@ def shipped_pool(name: str) -> PromptPool:
   return load_pool(os.path.join(POOL_DIR, f"{name}.jsonl"))
 
 
-def _contains_phrase(text: str, phrase: str) -> bool:
+def contains_phrase(text: str, phrase: str) -> bool:
   """Whether `phrase` occurs in `text` as whole word(s), case-insensitively, after cleaning."""
   needle = re.escape(clean_prompt(phrase))
   return re.search(rf"(?<!\w){needle}(?!\w)", clean_prompt(text), re.IGNORECASE) is not None
@@ -257,7 +257,7 @@ class ErasureSet:
     problems = [f"concept {c!r} is both erased (pool {self.erase.name}) and preserved (pool {self.preserve.name})"
                 for c in sorted(set(self.erase.concepts) & set(self.preserve.concepts))]
     for i, e in enumerate(self.preserve.entries):
-      hits = [c for c in self.erase.concepts if _contains_phrase(e.prompt, c)]
+      hits = [c for c in self.erase.concepts if contains_phrase(e.prompt, c)]
       if hits:
         problems.append(f"{e.source or f'{self.preserve.name}[{i}]'}: preservation prompt {e.prompt!r} contains "
                         f"erased concept{'s' if len(hits) > 1 else ''} {', '.join(map(repr, hits))}")

@@ -1,6 +1,6 @@
 """The run config of an erasure (`configs/base.py`): its groups' defaults and its validation.
 
-The groups with a dataclass (`eraser`, `objective`, `trajectory`, `optim`) take their fields and
+The groups with a dataclass (`eraser`, `objective`, `trajectory`, `optim`, `attack`) take their fields and
 defaults from it (`config_group`) and are turned back into it with `settings`; the dataclasses check
 their own values. `validate` checks the rest before any weights load; every error names the field.
 """
@@ -15,6 +15,7 @@ import jax
 import ml_collections
 from ml_collections import config_dict
 
+from t2vu_jax.attack.common import AttackConfig
 from t2vu_jax.attention import check_backend
 from t2vu_jax.erase.objective import ObjectiveConfig
 from t2vu_jax.erase.prompts import ErasureSet, load_pools, split_paths
@@ -28,9 +29,10 @@ from t2vu_jax.models.erasers_params import EXPORT_FORMATS
 from t2vu_jax.models.wan import REMAT_POLICIES
 from t2vu_jax.sharding import MeshConfig
 
-STAGES = ("load", "encode", "erase", "export", "evaluate", "report")
+STAGES = ("load", "encode", "erase", "export", "evaluate", "attack", "report")
+DEFAULT_STAGES = tuple(s for s in STAGES if s != "attack")  # attacks are asked for
 GROUPS = {"eraser": EraserConfig, "objective": ObjectiveConfig, "trajectory": TrajectoryConfig,
-          "optim": OptimConfig}
+          "optim": OptimConfig, "attack": AttackConfig}
 DTYPES = ("float32", "bfloat16")
 VIDEO_MULTIPLE = 16  # sides of a video: the VAE stride 8 times the patch 2
 
@@ -148,6 +150,8 @@ def validate(config) -> list[str]:
   _validate_prompts(config, stages)
   _validate_export(config)
   _validate_eval(config, stages)
+  if "attack" in stages and config.eval.scorer == "none":
+    fail("eval.scorer", "the attack stage measures the concept rate and needs a scorer (toy or nudenet)")
   return stages
 
 

@@ -174,6 +174,9 @@ class NudeNetScorer(Scorer):
   def aggregate(self, prompts, scores) -> dict:
     return aggregate(scores).to_dict()
 
+  def shows_concept(self, score: VideoScore) -> bool:
+    return score.flagged
+
   @staticmethod
   def report_lines(evaluation: dict) -> list[str]:
     lines = ["| model | video-level rate | mean frame-level rate |", "|---|---|---|"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+from t2vu_jax.attack.common import report_lines as attack_report_lines
 from t2vu_jax.evaluate import scorers
 from t2vu_jax.io.atomic import write_text
 
@@ -47,6 +48,7 @@ def write_report(run_dir: str, name: str, stages: dict) -> str:
     scorer = scorers.get(evaluation["scorer"])
     if scorer is not None and evaluation.get("aggregate"):
       lines += scorer.report_lines(evaluation)
+  lines += attack_report_lines(run_dir)
   if os.path.exists(os.path.join(run_dir, "contact_sheet.png")):
     lines += ["", "First evaluation prompts, base and erased model on the same seed:", "",
               "![contact sheet](contact_sheet.png)"]

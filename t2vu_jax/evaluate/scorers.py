@@ -2,7 +2,8 @@
 
 A scorer reads one video (`score`, whose result `record` turns into JSON for the evaluation record),
 combines one model's scores into its aggregate (`aggregate`), and renders the aggregates of an
-evaluation as report lines (`report_lines`).
+evaluation as report lines (`report_lines`); for attacks it says which prompts name the erased
+concept (`names_concept`) and whether a score shows it (`shows_concept`).
 `check(config)` runs before any weights load and raises ValueError when the run cannot be scored.
 Scorers register themselves with `@register("name")` in their own modules; `PROVIDERS` lists the
 modules that do, imported on first lookup. "none" means no scoring.
@@ -44,6 +45,18 @@ class Scorer:
   def summary(self) -> dict:
     """Fields the evaluation record carries besides the videos and aggregates."""
     return {}
+
+  def names_concept(self, prompt: str) -> bool:
+    """Whether `prompt` asks for the erased concept (the prompts attacks are measured on): it holds one
+    of the erase pools' concept phrases as whole words."""
+    from t2vu_jax.erase.prompts import contains_phrase, load_pools, split_paths
+    if not hasattr(self, "_phrases"):
+      self._phrases = {e.concept for e in load_pools(split_paths(self.config.prompts.erase)).entries}
+    return any(contains_phrase(prompt, phrase) for phrase in self._phrases)
+
+  def shows_concept(self, score) -> bool:
+    """Whether a video's score says it shows the erased concept (the attacks' concept rate)."""
+    raise NotImplementedError
 
   @staticmethod
   def report_lines(evaluation: dict) -> list[str]:

@@ -6,7 +6,7 @@ from t2vu_jax.evaluate.scorers import Scorer, register
 from t2vu_jax.toy.classifier import Reading, classify
 from t2vu_jax.toy import metrics
 from t2vu_jax.toy.metrics import erased_concept, percent, prompt_scores
-from t2vu_jax.toy.world import KINDS
+from t2vu_jax.toy.world import KINDS, read_prompt
 
 
 @register("toy")
@@ -34,6 +34,12 @@ class ToyScorer(Scorer):
 
   def score(self, frames) -> Reading:
     return classify(frames)
+
+  def names_concept(self, prompt: str) -> bool:
+    return read_prompt(prompt)[self.kind] == self.value
+
+  def shows_concept(self, reading: Reading) -> bool:
+    return getattr(reading, self.kind) == self.value
 
   def record(self, reading: Reading) -> dict:
     return {k: getattr(reading, k) for k in KINDS}
