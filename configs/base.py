@@ -14,6 +14,7 @@ def get_config():
   c.name = "erasure"
   c.workdir = ""                 # default: runs/<name>
   c.seed = 0
+  c.method = "erasers"           # or "rece": RECE's closed-form edit of the cross-attention (a baseline)
   c.stages = ",".join(DEFAULT_STAGES)  # any subset of run_config.STAGES (attack too), in that order;
                                        # finished stages are not repeated
 
@@ -26,7 +27,7 @@ def get_config():
   c.model.remat = "none"         # the transformer blocks' rematerialisation: none, full, dots (long videos: full)
   c.model.attention = "xla"      # attention backend: xla (everywhere), cudnn (NVIDIA GPUs), splash (TPUs)
 
-  for group, cls in GROUPS.items():  # eraser, objective, trajectory, optim, attack
+  for group, cls in GROUPS.items():  # eraser, objective, trajectory, optim, rece, attack
     c[group] = config_group(cls)
   c.video = ml_collections.ConfigDict(dict(frames=81, height=480, width=832))  # training trajectories
   c.batch_size = 1

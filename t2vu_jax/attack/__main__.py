@@ -37,8 +37,9 @@ def main(argv=None):
   if not os.path.isfile(path):
     usage_error(f"{path} does not exist: --run must be a run directory written by run.py")
   checkpoints = os.path.join(args.run, "checkpoints")
-  if not os.path.isdir(checkpoints) or not any(name.isdigit() for name in os.listdir(checkpoints)):
-    usage_error(f"{args.run} has no erasers (no checkpoint in {checkpoints}): run its erase stage first")
+  trained = os.path.isdir(checkpoints) and any(name.isdigit() for name in os.listdir(checkpoints))
+  if not trained and not os.path.isfile(os.path.join(args.run, "rece.npz")):
+    usage_error(f"{args.run} has no erasers (no checkpoint in {checkpoints}, no RECE edit): run its erase stage first")
   config = ml_collections.ConfigDict(read_record(path))
   config.workdir = args.run
   config.stages = "attack,report"

@@ -27,14 +27,16 @@ from flax import nnx
 
 from t2vu_jax.erase import loop
 from t2vu_jax.erase.prompts import ErasureSet, anchor_prompt, split_paths, token_spans
-from t2vu_jax.erase.run_config import STAGES, ConfigError, fail, read_record, training_differences, validate
+from t2vu_jax.erase import rece
+from t2vu_jax.erase.run_config import (STAGES, ConfigError, fail, method, read_record, settings, training_differences,
+                                       validate)
 from t2vu_jax.evaluate.report import write_report
 from t2vu_jax.evaluate.videos import evaluate_models, evaluation_prompts
-from t2vu_jax.io.atomic import remove_stale, write_text
+from t2vu_jax.io.atomic import atomic_file, remove_stale, write_text
 from t2vu_jax.io.errors import CheckpointError
 from t2vu_jax.models import erasers_params
 from t2vu_jax.models.erasers import EraserParam
-from t2vu_jax.models.wan_params import transformer_config
+from t2vu_jax.models.wan_params import save_diffusers, transformer_config
 from t2vu_jax.sharding import MeshConfig, is_primary, make_mesh, sync_processes, to_host
 
 __all__ = ["STAGES", "ConfigError", "ErasureJob", "validate"]
@@ -56,6 +58,7 @@ class ErasureJob:
         raise PermissionError("not writable")
     except OSError as e:
       fail("workdir", f"cannot write the run directory {self.run_dir}: {e}")
+    self.method = method(config)  # "erasers", or "rece": the edit is `rece.npz`, not eraser checkpoints
     self.pipe = None
     self.erased = None  # the trained experts, once the erase stage ran or a checkpoint was restored
     self.erased_from = None  # {"step", "latest_step"} of its erasers
@@ -115,8 +118,9 @@ class ErasureJob:
 
   def check_inputs(self) -> None:
     """Every stage to run finds what it reads: written by an earlier run, or by a stage of this one."""
-    needs = {"erase": ("encode", "embeddings.npz"), "export": ("erase", "checkpoints"),
-             "evaluate": ("erase", "checkpoints"), "attack": ("erase", "checkpoints")}
+    erased = "rece.npz" if self.method == "rece" else "checkpoints"
+    needs = {"erase": ("encode", "embeddings.npz"), "export": ("erase", erased), "evaluate": ("erase", erased),
+             "attack": ("erase", erased)}
     for stage in self.stages:
       if stage in needs and not self.done(stage):
         before, what = needs[stage]
@@ -165,7 +169,14 @@ class ErasureJob:
     return [pipe.transformer] + ([pipe.transformer_2] if pipe.transformer_2 is not None else [])
 
   def erased_models(self) -> list:
-    """The experts with the erasers of the latest readable checkpoint."""
+    """The experts with the erasers of the latest readable checkpoint (RECE: with the run's edit)."""
+    if self.erased is None and self.method == "rece":
+      if not os.path.isfile(self.path("rece.npz")):
+        raise FileNotFoundError(f"no RECE edit in {self.run_dir} (rece.npz); run the erase stage")
+      with np.load(self.path("rece.npz")) as saved:
+        self.erased = [rece.with_kernels(m, {p: saved[f"{name}/{p}"] for p in rece.PROJECTIONS})
+                       for m, name in zip(self.experts(), loop.EXPERT_NAMES)]
+      self.erased_from = {"step": 0, "latest_step": 0}
     if self.erased is None:
       self.erased, self.erased_from = loop.restore_erased(self.experts(), self.config, self.mesh,
                                                           self.path("checkpoints"))
@@ -176,10 +187,15 @@ class ErasureJob:
 
   def erasers_record(self) -> dict:
     """What the erased model's erasers are: the step they come from and their sha256 (of both experts'
-    digests in a two-expert model)."""
+    digests in a two-expert model; of the edited kernels in a RECE run)."""
     if self._erasers_record is None:
-      digests = [erasers_params.eraser_digest(m) for m in self.host_models(with_base=False)]  # every process calls this
-      digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+      if self.method == "rece":
+        self.erased_models()
+        with open(self.path("rece.npz"), "rb") as f:
+          digest = hashlib.sha256(f.read()).hexdigest()
+      else:
+        digests = [erasers_params.eraser_digest(m) for m in self.host_models(with_base=False)]  # every process
+        digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
       self._erasers_record = {**self.erased_from, "sha256": digest}
     return self._erasers_record
 
@@ -218,6 +234,8 @@ class ErasureJob:
             "concepts": list(prompts.concepts)}
 
   def stage_erase(self):
+    if self.method == "rece":
+      return self.rece_erase()
     v = self.config.video
     pipe = self.pipeline()
     self.erased, info = loop.erase(
@@ -226,6 +244,21 @@ class ErasureJob:
         self.progress, self.log, pipe.boundary)
     self.erased_from, self._erasers_record = {"step": info["steps"], "latest_step": info["steps"]}, None
     return {**info, "erasers": self.erasers_record()}
+
+  def rece_erase(self):
+    """RECE's closed-form edit of every expert's cross-attention, saved as `rece.npz`."""
+    pipe, prompts = self.pipeline(), self.prompt_set()
+    preserve = [e.prompt for e in prompts.preserve.entries] if prompts.preserve else []
+    edits, info = {}, {}
+    for model, name in zip(self.experts(), loop.EXPERT_NAMES):
+      kernels, info[name] = rece.rece_edit(pipe, prompts.erase.entries, preserve, settings(self.config, "rece"), model)
+      edits.update({f"{name}/{p}": kernels[p] for p in rece.PROJECTIONS})
+    if self.primary:
+      with atomic_file(self.path("rece.npz"), overwrite=True, suffix=".npz") as tmp:
+        np.savez(tmp, **edits)
+    sync_processes("rece edit")
+    self.erased, self._erasers_record = None, None
+    return {"method": "rece", **(info["transformer"] if len(info) == 1 else info), "erasers": self.erasers_record()}
 
   def stage_export(self):
     """Each format under `export/<format>`; a two-expert model's experts under `export/<format>/transformer`
@@ -238,8 +271,12 @@ class ErasureJob:
         targets = [target] if len(models) == 1 else [os.path.join(target, name) for name in loop.EXPERT_NAMES]
         for model, path in zip(models, targets):
           remove_stale(self.path(path))  # left by an export that was killed
-          erasers_params.export(model, kind, self.path(path), dtype=self.config.export.dtype, overwrite=True,
-                                progress=self.progress)
+          if self.method == "rece":  # the edited weights themselves (validation allows only "merged")
+            save_diffusers(model, self.path(path), dtype=self.config.export.dtype, overwrite=True,
+                           progress=self.progress)
+          else:
+            erasers_params.export(model, kind, self.path(path), dtype=self.config.export.dtype, overwrite=True,
+                                  progress=self.progress)
     return {**out, "erasers": self.erasers_record()}
 
   def erased_pipeline(self):

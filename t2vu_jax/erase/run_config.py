@@ -19,6 +19,7 @@ from t2vu_jax.attack.common import AttackConfig
 from t2vu_jax.attention import check_backend
 from t2vu_jax.erase.objective import ObjectiveConfig
 from t2vu_jax.erase.prompts import ErasureSet, load_pools, split_paths
+from t2vu_jax.erase.rece import RECEConfig
 from t2vu_jax.erase.train import OptimConfig
 from t2vu_jax.erase.trajectory import TrajectoryConfig, expert_ranges
 from t2vu_jax.evaluate import scorers
@@ -32,14 +33,15 @@ from t2vu_jax.sharding import MeshConfig
 STAGES = ("load", "encode", "erase", "export", "evaluate", "attack", "report")
 DEFAULT_STAGES = tuple(s for s in STAGES if s != "attack")  # attacks are asked for
 GROUPS = {"eraser": EraserConfig, "objective": ObjectiveConfig, "trajectory": TrajectoryConfig,
-          "optim": OptimConfig, "attack": AttackConfig}
+          "optim": OptimConfig, "rece": RECEConfig, "attack": AttackConfig}
+METHODS = ("erasers", "rece")  # trained erasers (the method), or RECE's closed-form edit (a baseline)
 DTYPES = ("float32", "bfloat16")
 VIDEO_MULTIPLE = 16  # sides of a video: the VAE stride 8 times the patch 2
 
 
 # What determines the erasers a run trains: a rerun in the same run directory must not change these.
-TRAINING_FIELDS = ("seed", "model", "eraser", "objective", "trajectory", "optim", "video", "batch_size",
-                   "preserve_batch_size", "prompts.erase", "prompts.preserve")
+TRAINING_FIELDS = ("seed", "method", "model", "eraser", "objective", "trajectory", "optim", "rece", "video",
+                   "batch_size", "preserve_batch_size", "prompts.erase", "prompts.preserve")
 # Fields of those groups that do not change what is trained.
 UNTRAINED_FIELDS = ("trajectory.pool_cache_mb", "model.remat", "model.attention")
 
@@ -132,6 +134,8 @@ def validate(config) -> list[str]:
   if not os.path.isdir(config.model.path):
     fail("model.path", f"directory does not exist: {config.model.path}")
   validate_model(config)
+  if method(config) not in METHODS:
+    fail("method", f"{method(config)!r} is unknown; choose one of {METHODS}")
   for group in GROUPS:
     settings(config, group)
   if os.path.isfile(os.path.join(config.model.path, "model_index.json")):
@@ -222,11 +226,19 @@ def _validate_prompts(config, stages) -> None:
       fail("prompts.evaluate", str(e))
 
 
+def method(config) -> str:
+  """The run's erasure method (`METHODS`; "erasers" where a run recorded before RECE lacks the field)."""
+  return config.get("method", "erasers")
+
+
 def _validate_export(config) -> None:
   formats = split_paths(config.export.formats)
   if unknown := [f for f in formats if f not in EXPORT_FORMATS]:
     fail("export.formats", f"unknown format(s) {unknown}; choose from {list(EXPORT_FORMATS)}")
-  if config.eraser.kind == "adapter" and any(f in ("lora", "merged") for f in formats):
+  if method(config) == "rece":
+    if formats != ["merged"]:
+      fail("export.formats", "a RECE run has no erasers: its edit exports as 'merged' only (a diffusers transformer)")
+  elif config.eraser.kind == "adapter" and any(f in ("lora", "merged") for f in formats):
     fail("export.formats", "adapter erasers export only as 'adapter' (lora/merged need eraser.kind='lora')")
   if config.export.dtype not in DTYPES:
     fail("export.dtype", f"{config.export.dtype!r}: choose float32 or bfloat16")
