@@ -101,3 +101,32 @@ def test_the_attack_cli_refuses_a_run_without_erasers(toy_run, tmp_path, capsys)
   with pytest.raises(SystemExit):
     attack_main(["--run", str(tmp_path), "--attack", "concept_vector"])
   assert "has no erasers" in capsys.readouterr().err
+
+
+def test_resurgence_fine_tunes_a_lora_on_every_block_kernel_and_keeps_the_erasers(toy_pipe):
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from t2vu_jax.attack import resurgence
+  from t2vu_jax.models.erasers import EraserConfig, EraserParam, attach_erasers
+  model = attach_erasers(nnx.clone(toy_pipe.transformer), EraserConfig(rank=4), seed=0)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  targets = resurgence.lora_targets(params)
+  assert sorted(t[1:3] for t in targets) == sorted(
+      [(a, p) for a in ("attn1", "attn2") for p in ("to_q", "to_k", "to_v", "to_out")]
+      + [("ffn", "net_0_proj"), ("ffn", "net_2")])
+  lora = resurgence.init_lora(params, 4, jax.random.key(0))
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(resurgence.with_lora(params, lora)),
+                                                   jax.tree.leaves(params)))  # B = 0: the model itself
+  rng = np.random.default_rng(0)
+  x0 = jnp.asarray(rng.uniform(-1, 1, (2, 3, 2, 16, 16)), jnp.float32)
+  cond = jnp.asarray(toy_pipe.encode(["a green cube moving left", "a blue ball moving up"]))
+  erasers_before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, EraserParam))]
+  opt = resurgence._optimizer(1e-2).init(lora)
+  losses = []
+  for step in range(30):
+    noise = jax.random.normal(jax.random.key(step), x0.shape)
+    lora, opt, loss = resurgence._step(graphdef, params, rest, lora, opt, x0, cond, jnp.float32(0.5), noise, True, 1e-2)
+    losses.append(float(loss))
+  assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:5])
+  assert all(np.array_equal(a, np.asarray(b)) for a, b in zip(erasers_before, jax.tree.leaves(rest.filter(EraserParam))))

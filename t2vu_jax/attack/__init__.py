@@ -6,7 +6,7 @@ the toy classifier on toy runs, NudeNet on real ones) before and after, for thre
 prompts and seeds: the base model, the base model with negative prompting (the concept phrase as the
 negative prompt) and the erased model.
 
-  python -m t2vu_jax.attack --run DIR --attack concept_vector|soft_prompt [budget options]
+  python -m t2vu_jax.attack --run DIR --attack concept_vector|soft_prompt|resurgence [budget options]
 
 or the `attack` stage of `run.py` (`--config.stages=...,attack,report`). Results go to
 `attacks/<name>.json` of the run directory and its report.

@@ -2,6 +2,7 @@
 
   python -m t2vu_jax.attack --run runs/toy --attack concept_vector [--strengths 0,1,2] [--num-prompts 16]
   python -m t2vu_jax.attack --run runs/toy --attack soft_prompt [--soft-tokens 4] [--soft-steps 0,50,100]
+  python -m t2vu_jax.attack --run runs/toy --attack resurgence [--resurgence-steps 0,50,100]
 
 Reads the run's saved `config.json`, restores the erasers of its latest checkpoint, runs the attack on
 the base model, negative prompting and the erased model (the evaluation prompts naming the concept,
@@ -32,6 +33,9 @@ def main(argv=None):
   p.add_argument("--soft-tokens", type=int, help="soft_prompt: learned embeddings per prompt")
   p.add_argument("--soft-steps", help="soft_prompt: comma-separated step counts to measure")
   p.add_argument("--soft-lr", type=float, help="soft_prompt: Adam's learning rate")
+  p.add_argument("--resurgence-steps", help="resurgence: comma-separated fine-tuning step counts to measure")
+  p.add_argument("--resurgence-rank", type=int, help="resurgence: the LoRA's rank")
+  p.add_argument("--resurgence-lr", type=float, help="resurgence: Adam's learning rate")
   args = p.parse_args(argv)
   path = os.path.join(args.run, "config.json")
   if not os.path.isfile(path):
@@ -50,18 +54,17 @@ def main(argv=None):
   config.attack.names = args.attack
   for field, value in (("strengths", args.strengths), ("num_prompts", args.num_prompts),
                        ("negative_prompt", args.negative_prompt), ("batch_size", args.batch_size),
-                       ("soft_tokens", args.soft_tokens), ("soft_steps", args.soft_steps), ("soft_lr", args.soft_lr)):
+                       ("soft_tokens", args.soft_tokens), ("soft_steps", args.soft_steps), ("soft_lr", args.soft_lr),
+                       ("resurgence_steps", args.resurgence_steps), ("resurgence_rank", args.resurgence_rank),
+                       ("resurgence_lr", args.resurgence_lr)):
     if value is not None:
       config.attack[field] = value
   try:
     job = ErasureJob(config)  # validates every override before anything runs
   except ConfigError as e:
     usage_error(str(e))
-  for stage in ("attack", "report"):  # run them again even when the run already did
-    if job.primary and job.done(stage):
-      os.remove(job.path("stages", stage))
   try:
-    job.run()
+    job.rerun(("attack", "report"))
   except (ConfigError, RunCheckpointError, CheckpointError, FileNotFoundError, ValueError) as e:
     usage_error(str(e))
   if job.primary:

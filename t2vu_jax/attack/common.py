@@ -16,7 +16,7 @@ from t2vu_jax.erase.prompts import load_pools, split_paths
 from t2vu_jax.evaluate import scorers
 from t2vu_jax.evaluate.videos import evaluation_prompts
 
-ATTACKS = ("concept_vector", "soft_prompt")  # each the module `t2vu_jax.attack.<name>`, with `run(context, settings)`
+ATTACKS = ("concept_vector", "soft_prompt", "resurgence")  # each the module `t2vu_jax.attack.<name>`, with `run(context, settings)`
 TARGETS = ("base", "negative prompting", "erased")
 
 
@@ -41,20 +41,27 @@ class AttackConfig:
   soft_steps: str = "0,50,100,200"  # soft_prompt: Adam steps after which the concept rate is measured
   soft_lr: float = 5e-2
   soft_train_prompts: int = 8     # soft_prompt: erase-pool prompts whose base-model videos it trains on
+  resurgence_steps: str = "0,50,100"  # resurgence: fine-tuning steps after which the concept rate is measured
+  resurgence_rank: int = 4        # resurgence: the LoRA's rank on every block's linear kernels
+  resurgence_lr: float = 1e-3
+  resurgence_prompts: int = 8     # resurgence: prompts unrelated to the concept whose base-model videos it tunes on
 
   def __post_init__(self):
     if unknown := [n for n in self.attacks if n not in ATTACKS]:
       raise ValueError(f"unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
-    for field in ("num_prompts", "batch_size", "soft_tokens", "soft_train_prompts"):
+    for field in ("num_prompts", "batch_size", "soft_tokens", "soft_train_prompts", "resurgence_rank",
+                  "resurgence_prompts"):
       value = getattr(self, field)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{field} must be a positive integer, got {value!r}")
     if any(s < 0 for s in self.strength_values):
       raise ValueError(f"strengths must be >= 0, got {self.strengths!r}")
-    if any(s < 0 or s != int(s) for s in parse_floats(self.soft_steps, "soft_steps")):
-      raise ValueError(f"soft_steps must be integers >= 0, got {self.soft_steps!r}")
-    if not self.soft_lr > 0:
-      raise ValueError(f"soft_lr must be positive, got {self.soft_lr!r}")
+    for field in ("soft_steps", "resurgence_steps"):
+      if any(s < 0 or s != int(s) for s in parse_floats(getattr(self, field), field)):
+        raise ValueError(f"{field} must be integers >= 0, got {getattr(self, field)!r}")
+    for field in ("soft_lr", "resurgence_lr"):
+      if not getattr(self, field) > 0:
+        raise ValueError(f"{field} must be positive, got {getattr(self, field)!r}")
 
   @property
   def attacks(self) -> tuple[str, ...]:
@@ -70,6 +77,10 @@ class AttackConfig:
   @property
   def soft_step_values(self) -> tuple[int, ...]:
     return tuple(sorted({int(s) for s in parse_floats(self.soft_steps, "soft_steps")}))
+
+  @property
+  def resurgence_step_values(self) -> tuple[int, ...]:
+    return tuple(sorted({int(s) for s in parse_floats(self.resurgence_steps, "resurgence_steps")}))
 
 
 def attack_settings(config) -> AttackConfig:
@@ -112,9 +123,11 @@ class AttackContext:
   def embed(self, texts) -> np.ndarray:
     return np.asarray(self.pipe.encode(list(texts)))
 
-  def videos(self, target: str, cond) -> list[np.ndarray]:
-    """uint8 videos of prompt embeddings `cond` (one per attack prompt, on its seed) through `target`."""
-    pipe, erasers, negative = self.targets[target]
+  def videos(self, target: str, cond, pipe=None) -> list[np.ndarray]:
+    """uint8 videos of prompt embeddings `cond` (one per attack prompt, on its seed) through `target`
+    (through `pipe` in place of its pipeline: a fine-tuned one)."""
+    own, erasers, negative = self.targets[target]
+    pipe = own if pipe is None else pipe
     ev = self.config.eval
     guided = ev.guidance > 1.0
     uncond = np.broadcast_to(self.embed([negative])[0], np.shape(cond)) if guided else None
@@ -129,9 +142,10 @@ class AttackContext:
       out += list(np.round(pipe.decode(latents) * 255).astype(np.uint8))
     return out
 
-  def concept_rate(self, target: str, cond) -> float:
-    """Share of the attack prompts' videos from embeddings `cond` through `target` that show the concept."""
-    return float(np.mean([self.scorer.shows_concept(self.scorer.score(v)) for v in self.videos(target, cond)]))
+  def concept_rate(self, target: str, cond, pipe=None) -> float:
+    """Share of the attack prompts' videos from embeddings `cond` through `target` (or `pipe` in place of its
+    pipeline) that show the concept."""
+    return float(np.mean([self.scorer.shows_concept(self.scorer.score(v)) for v in self.videos(target, cond, pipe)]))
 
 
 def run_attack(name: str, context: AttackContext) -> dict:

@@ -145,6 +145,14 @@ class ErasureJob:
       summary[stage] = info
     return summary
 
+  def rerun(self, stages) -> dict:
+    """Run the config's stages, `stages` again even where the run already did them (re-evaluation,
+    attacks)."""
+    for stage in stages:
+      if self.primary and self.done(stage):
+        os.remove(self.path("stages", stage))
+    return self.run()
+
   # -- what the stages share ---------------------------------------------------------------------
 
   def pipeline(self):

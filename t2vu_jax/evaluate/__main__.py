@@ -42,11 +42,8 @@ def main(argv=None):
     job = ErasureJob(config)  # validates every override (prompt files included) before anything changes
   except ConfigError as e:
     usage_error(str(e))
-  for stage in ("evaluate", "report"):  # run them again even when the run already did
-    if job.primary and job.done(stage):
-      os.remove(job.path("stages", stage))
   try:
-    job.run()
+    job.rerun(("evaluate", "report"))
   except (ConfigError, RunCheckpointError, CheckpointError, FileNotFoundError) as e:
     usage_error(str(e))
   if job.primary:
