@@ -16,7 +16,8 @@ from t2vu_jax.erase.prompts import load_pools, split_paths
 from t2vu_jax.evaluate import scorers
 from t2vu_jax.evaluate.videos import evaluation_prompts
 
-ATTACKS = ("concept_vector", "soft_prompt", "resurgence")  # each the module `t2vu_jax.attack.<name>`, with `run(context, settings)`
+# Each the module `t2vu_jax.attack.<name>`, whose `run(context)` returns (budget, rates).
+ATTACKS = ("concept_vector", "soft_prompt", "resurgence")
 TARGETS = ("base", "negative prompting", "erased")
 
 
@@ -179,5 +180,6 @@ def report_lines(run_dir: str) -> list[str]:
     lines += ["", f"Attack `{r['attack']}` ({r['scorer']}, {r['prompts']} prompts naming the concept; negative "
               f"prompt {r['negative_prompt']!r}): concept rate by {r['budget']['name']}", "",
               "| model | " + " | ".join(points) + " |", "|---|" + "---|" * len(points)]
-    lines += [f"| {t} | " + " | ".join(f"{100 * v:.0f}%" for v in rates.values()) + " |" for t, rates in r["rates"].items()]
+    lines += [f"| {t} | " + " | ".join(f"{100 * v:.0f}%" for v in rates.values()) + " |"
+              for t, rates in r["rates"].items()]
   return lines

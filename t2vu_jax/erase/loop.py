@@ -96,7 +96,8 @@ def train_setup(transformer: WanTransformer, config, mesh, updates: int | None =
   optim = settings(config, "optim")
   if updates is not None and updates != optim.total_steps:
     n = max(updates, 1)
-    optim = dataclasses.replace(optim, total_steps=n, warmup_steps=min(n, round(optim.warmup_steps * n / optim.total_steps)))
+    warmup = min(n, round(optim.warmup_steps * n / optim.total_steps))
+    optim = dataclasses.replace(optim, total_steps=n, warmup_steps=warmup)
   tx = make_optimizer(optim)
   graphdef, state = init_train_state(model, tx)
   # Scalars (step, Adam's count) replicated on the mesh, where the step returns them: otherwise the
@@ -236,5 +237,7 @@ def erase(experts: list[WanTransformer], config, mesh, embeddings, prompts: Eras
   saved.wait()
   metrics_log.close()
   models = [nnx.merge(graphdef, state.erasers, state.base) for (_, graphdef, _), state in zip(setups, states)]
-  return models, {"steps": optim.total_steps, "resumed_from": start,
-                  **({"expert_steps": [step_experts.count(i) for i in range(len(experts))]} if len(experts) > 1 else {})}
+  info = {"steps": optim.total_steps, "resumed_from": start}
+  if len(experts) > 1:
+    info["expert_steps"] = [step_experts.count(i) for i in range(len(experts))]
+  return models, info

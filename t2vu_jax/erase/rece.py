@@ -11,8 +11,8 @@ preserve prompts, the erase prompts' other tokens and the padding), the edit of 
       = (X_cᵀ X_c / n_c + λ X_pᵀ X_p / n_p + μ I)⁻¹ X_cᵀ (X_t − X_c) K / n_c,
 
 one D x D solve shared by every kernel. The mean over rows (UCE sums them) keeps λ's meaning whatever
-the sizes of the pools: λ = 1 weighs a preserved context as much as a concept one. RECE then derives, in closed form, the context the edited
-model maps onto the concept's original keys and values,
+the sizes of the pools: λ = 1 weighs a preserved context as much as a concept one. RECE then derives,
+in closed form, the context the edited model maps onto the concept's original keys and values,
 
     e = argmin Σ_K |e K' − c K|² + γ |e|² = (Σ_K c K K'ᵀ)(Σ_K K' K'ᵀ + γ I)⁻¹   (c: the mean concept context),
 
@@ -107,17 +107,16 @@ def rece_kernels(kernels: dict[str, np.ndarray], x_c, x_t, x_p, cfg: RECEConfig)
   concept = np.asarray(x_c, np.float64).mean(0, keepdims=True)
   target = np.asarray(x_t, np.float64).mean(0, keepdims=True)
   found = []
-  for round_ in range(cfg.iterations + 1):
-    rows_c = np.concatenate([x_c, *found]) if found else x_c
-    rows_t = np.concatenate([x_t, *([target] * len(found))]) if found else x_t
+  while True:
+    rows_c = np.concatenate([x_c, *found])
+    rows_t = np.concatenate([x_t, *([target] * len(found))])
     solve = edit_solve(rows_c, rows_t, x_p, cfg.preserve_weight, cfg.ridge * scale)
     edited = {p: kernels[p] + np.einsum("de,lef->ldf", solve, kernels[p]) for p in PROJECTIONS}
-    if round_ == cfg.iterations:
+    if len(found) == cfg.iterations:
       return edited, found
     new_flat = [edited[p][i] for p in PROJECTIONS for i in range(edited[p].shape[0])]
     sv = float(np.mean([np.mean(np.linalg.svd(k, compute_uv=False) ** 2) for k in new_flat]))
     found.append(adversarial_context(concept, flat, new_flat, cfg.adversarial_ridge * sv))
-  raise AssertionError("unreachable")
 
 
 def with_kernels(model: WanTransformer, kernels: dict[str, np.ndarray]) -> WanTransformer:
