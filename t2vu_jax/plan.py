@@ -204,7 +204,10 @@ def abstract_train_step(model_cfg: wan.WanConfig, eraser, dtype, mesh, latent, o
     fields["anchor"] = arr(text)
   step = make_train_step(graphdef, tx, objective or ObjectiveConfig(), trajectory, latent)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
-  return step.jitted, ((scalar, erasers, jax.eval_shape(tx.init, erasers)), base, ErasureBatch(**fields))
+  adversary = None
+  if objective is not None and objective.adversarial:
+    adversary = jax.ShapeDtypeStruct((objective.adversarial_tokens, model_cfg.text_dim), jnp.float32)
+  return step.jitted, ((scalar, erasers, jax.eval_shape(tx.init, erasers), adversary), base, ErasureBatch(**fields))
 
 
 def peak_bytes(compiled) -> int:

@@ -233,3 +233,16 @@ def concept_token_span(tokenizer, prompt: str, phrase: str) -> tuple[int, int]:
   if tokens[-1] >= MAX_LENGTH:
     raise ValueError(f"concept phrase {phrase!r} lies beyond the first {MAX_LENGTH} tokens of the prompt")
   return tokens[0], tokens[-1] + 1
+
+
+def insert_tokens(embeddings, tokens):
+  """Prompt embeddings (B, L, D) with `tokens` (k, D) right after each prompt's tokens (its first zero
+  rows), or over its last tokens where the text length leaves no room after them: learned tokens in the
+  encoder's output space (soft prompts)."""
+  embeddings = jnp.asarray(embeddings)
+  n = jnp.sum(jnp.any(embeddings != 0, axis=-1), axis=1)  # each prompt's token count
+  start = jnp.minimum(n, embeddings.shape[1] - tokens.shape[0])
+  positions = start[:, None] + jnp.arange(tokens.shape[0])[None]
+  rows = jnp.arange(embeddings.shape[0])[:, None]
+  return embeddings.at[rows, positions].set(jnp.broadcast_to(tokens.astype(embeddings.dtype),
+                                                            (*positions.shape, tokens.shape[1])))

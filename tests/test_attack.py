@@ -46,7 +46,7 @@ def test_a_soft_prompt_brings_the_concept_back_under_negative_prompting(toy_pipe
 
 
 def test_soft_tokens_go_after_each_prompts_tokens():
-  from t2vu_jax.attack.soft_prompt import insert
+  from t2vu_jax.text import insert_tokens as insert
   embeddings = np.zeros((2, 6, 3), np.float32)
   embeddings[0, :2], embeddings[1, :5] = 1.0, 2.0  # prompts of 2 and 5 tokens
   out = np.asarray(insert(embeddings, np.full((2, 3), 7.0, np.float32)))

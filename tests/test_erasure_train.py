@@ -122,3 +122,26 @@ def test_merged_lora_equals_lora_erasers(save_diffusers_transformer):
   merged = merge_lora(model)
   assert merged.erasers is None and not jax.tree.leaves(nnx.state(merged, EraserParam))
   np.testing.assert_allclose(np.asarray(merged(x, t, text)), np.asarray(with_lora), atol=2e-5)
+
+
+def test_the_adversarial_option_trains_against_a_soft_prompt_that_brings_the_concept_back(tiny_model):
+  from t2vu_jax.text import insert_tokens
+  objective = ObjectiveConfig(eta=1.0, adversarial=True, adversarial_tokens=2, adversarial_steps=2)
+  tx = make_optimizer(OptimConfig(learning_rate=1e-2, total_steps=8))
+  graphdef, state = init_train_state(tiny_model(), tx, objective)
+  assert state.adversary.shape == (2, TINY["text_dim"]) and not np.any(np.asarray(state.adversary))
+  step = make_train_step(graphdef, tx, objective, TrajectoryConfig(steps=4, guidance=4.0), LATENTS)
+  batch = prompts()
+  for i in range(8):
+    state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(0), i))
+  assert np.all(np.isfinite(np.asarray(state.adversary))) and np.any(np.asarray(state.adversary))
+  # The soft tokens bring the erased model's concept velocity closer to the base model's than the plain prompt.
+  model = merge_model(graphdef, state)
+  x = jax.random.normal(jax.random.key(1), LATENTS)
+  t = jnp.array([600.0])
+  v_c = model(x, t, batch.cond, erasers=False)
+  plain = float(jnp.mean((model(x, t, batch.cond) - v_c) ** 2))
+  attacked = float(jnp.mean((model(x, t, insert_tokens(batch.cond, state.adversary)) - v_c) ** 2))
+  assert attacked < plain
+  with pytest.raises(ValueError, match="adversarial_every must be a positive integer"):
+    ObjectiveConfig(adversarial=True, adversarial_every=0)

@@ -58,17 +58,17 @@ def test_run_py_runs_every_stage_of_the_real_config(wan_pipeline_dir, tmp_path, 
   assert json.loads((run / "config.json").read_text())["model"]["path"] == str(path)
 
 
-def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_path):
+@pytest.mark.parametrize("adversarial", [False, pytest.param(True, marks=pytest.mark.slow)])  # its soft tokens too
+def test_interrupted_erasure_resumes_to_the_same_erasers(wan_pipeline_dir, tmp_path, adversarial):
   _, path = wan_pipeline_dir()
-  stages = "load,encode,erase"
-  whole = ErasureJob(tiny_config(path, tmp_path / "whole", stages=stages), progress=False)
+  changes = {"stages": "load,encode,erase", "objective.adversarial": adversarial}
+  whole = ErasureJob(tiny_config(path, tmp_path / "whole", **changes), progress=False)
   whole.run()
   # An interrupted run: two steps, then the same command again with the full length.
-  first = ErasureJob(tiny_config(path, tmp_path / "resumed", stages=stages, **{"optim.total_steps": 2}),
-                     progress=False)
+  first = ErasureJob(tiny_config(path, tmp_path / "resumed", **changes, **{"optim.total_steps": 2}), progress=False)
   first.run()
   os.remove(tmp_path / "resumed" / "stages" / "erase")  # as if it had stopped before finishing
-  second = ErasureJob(tiny_config(path, tmp_path / "resumed", stages=stages), progress=False)
+  second = ErasureJob(tiny_config(path, tmp_path / "resumed", **changes), progress=False)
   summary = second.run()
   assert summary["erase"]["resumed_from"] == 2 and set(summary) == {"erase"}  # finished stages skipped
   from flax import nnx

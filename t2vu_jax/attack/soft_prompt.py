@@ -22,18 +22,7 @@ import optax
 from flax import nnx
 
 from t2vu_jax.pipeline import cfg_velocity, loop_callable
-
-
-def insert(embeddings, soft):
-  """Prompt embeddings (B, L, D) with the soft tokens (k, D) right after each prompt's tokens, or over
-  its last tokens where the text length leaves no room after them."""
-  embeddings = jnp.asarray(embeddings)
-  n = jnp.sum(jnp.any(embeddings != 0, axis=-1), axis=1)  # each prompt's token count
-  start = jnp.minimum(n, embeddings.shape[1] - soft.shape[0])
-  positions = start[:, None] + jnp.arange(soft.shape[0])[None]
-  rows = jnp.arange(embeddings.shape[0])[:, None]
-  return embeddings.at[rows, positions].set(jnp.broadcast_to(soft.astype(embeddings.dtype),
-                                                            (*positions.shape, soft.shape[1])))
+from t2vu_jax.text import insert_tokens
 
 
 def check_room(embeddings: np.ndarray, tokens: int) -> None:
@@ -54,7 +43,8 @@ def _step(model, soft, opt_state, x0, cond, uncond, sigma, noise, erasers: bool,
 
   def loss_fn(soft):
     x_t = (1.0 - sigma) * x0 + sigma * noise
-    v = cfg_velocity(velocity, x_t.astype(model.dtype), 1000.0 * sigma, insert(cond, soft).astype(model.dtype),
+    v = cfg_velocity(velocity, x_t.astype(model.dtype), 1000.0 * sigma,
+                     insert_tokens(cond, soft).astype(model.dtype),
                      None if uncond is None else uncond.astype(model.dtype), guidance, erasers=erasers)
     return jnp.mean((v.astype(jnp.float32) - (noise - x0)) ** 2)
 
@@ -103,7 +93,7 @@ def run(context) -> tuple[dict, dict]:
   rates = {}
   for target in context.targets:
     softs = optimise(context, target, x0, jnp.asarray(train), checkpoints, key)
-    rates[target] = {str(steps): context.concept_rate(target, np.asarray(insert(prompts, soft)))
+    rates[target] = {str(steps): context.concept_rate(target, np.asarray(insert_tokens(prompts, soft)))
                      for steps, soft in softs.items()}
   budget = {"name": "steps (x tokens)", "steps": list(checkpoints), "tokens": settings.soft_tokens,
             "learning_rate": settings.soft_lr, "train_prompts": len(entries),

@@ -72,13 +72,15 @@ EXPERT_NAMES = ("transformer", "transformer_2")  # as diffusers names a two-expe
 def trainable(states: list[TrainState]) -> dict:
   """What a train checkpoint holds: the rest of a step is a function of (seed, step). One expert's
   {"step", "erasers", "opt_state"}; with two, that of each under its name in `EXPERT_NAMES`."""
-  held = [{"step": s.step, "erasers": s.erasers, "opt_state": s.opt_state} for s in states]
+  held = [{"step": s.step, "erasers": s.erasers, "opt_state": s.opt_state,
+           **({"adversary": s.adversary} if s.adversary is not None else {})} for s in states]
   return held[0] if len(held) == 1 else dict(zip(EXPERT_NAMES, held))
 
 
 def restored_states(states: list[TrainState], restored: dict) -> list[TrainState]:
   held = [restored] if len(states) == 1 else [restored[name] for name in EXPERT_NAMES]
-  return [s._replace(step=r["step"], erasers=r["erasers"], opt_state=r["opt_state"]) for s, r in zip(states, held)]
+  return [s._replace(step=r["step"], erasers=r["erasers"], opt_state=r["opt_state"],
+                     adversary=r.get("adversary", s.adversary)) for s, r in zip(states, held)]
 
 
 def expert_steps(config, boundary: float | None) -> tuple[list[tuple[int, int]], list[int]]:
@@ -99,12 +101,13 @@ def train_setup(transformer: WanTransformer, config, mesh, updates: int | None =
     warmup = min(n, round(optim.warmup_steps * n / optim.total_steps))
     optim = dataclasses.replace(optim, total_steps=n, warmup_steps=warmup)
   tx = make_optimizer(optim)
-  graphdef, state = init_train_state(model, tx)
+  graphdef, state = init_train_state(model, tx, settings(config, "objective"))
   # Scalars (step, Adam's count) replicated on the mesh, where the step returns them: otherwise the
   # second step sees new input shardings and compiles again.
   replicated = NamedSharding(mesh, PartitionSpec())
   on_mesh = lambda x: jax.device_put(x, replicated) if x.ndim == 0 else x  # noqa: E731
-  state = state._replace(step=on_mesh(state.step), opt_state=jax.tree.map(on_mesh, state.opt_state))
+  state = state._replace(step=on_mesh(state.step), opt_state=jax.tree.map(on_mesh, state.opt_state),
+                         adversary=None if state.adversary is None else jax.device_put(state.adversary, replicated))
   return tx, graphdef, state
 
 

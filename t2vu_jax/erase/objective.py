@@ -13,6 +13,12 @@ The anchor a is the empty prompt ∅ (the paper's target, `anchor="empty"`), or,
 each prompt with its concept phrase removed (`prompts.anchor_prompt`): v_c − v_a then isolates what the
 concept adds, so the target steers away from the concept alone and keeps the rest of the prompt.
 
+With `adversarial` (AdvUnlearn / RECE-style robustness) the erase prompts carry an inner attack: k
+soft tokens after each prompt's tokens (`text.insert_tokens`), which the train step updates against the
+erased model so that it reproduces the base model's concept velocity v_c; v′ is then computed on the
+attacked prompt (`cond_attack`) while the target still comes from the plain one, so the erasers learn to
+erase the concept however it is asked for.
+
 η_σ = η where the training point's σ >= `guidance_sigma_min` and 0 below: there the target is the
 anchor's own velocity, so the erased model lands on what the anchor draws instead of extrapolating past
 it while details form. With the default 0 the guidance applies at every noise level (the paper's target).
@@ -40,6 +46,11 @@ class ObjectiveConfig:
   sigma_weighting: bool = False  # weight L_u by σ_t² (x0-space matching)
   anchor: str = "empty"          # what the target guides away from: "" ("empty") or the prompt minus the concept
   guidance_sigma_min: float = 0.0  # below this σ the target is v_a (no negative guidance)
+  adversarial: bool = False      # an inner soft-prompt attack on the erase prompts
+  adversarial_tokens: int = 4    # its soft tokens
+  adversarial_steps: int = 1     # its normalised-gradient steps per update
+  adversarial_every: int = 1     # it is updated every n train steps
+  adversarial_lr: float = 0.05   # its step size, in units of the soft tokens' per-entry RMS gradient
 
   def __post_init__(self):
     if self.anchor not in ANCHORS:
@@ -51,6 +62,12 @@ class ObjectiveConfig:
     for name in ("eta", "lambda_loc", "lambda_pre"):
       if getattr(self, name) < 0:
         raise ValueError(f"objective {name} must be >= 0, got {getattr(self, name)}")
+    for name in ("adversarial_tokens", "adversarial_steps", "adversarial_every"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"objective {name} must be a positive integer, got {value!r}")
+    if not self.adversarial_lr > 0:
+      raise ValueError(f"objective adversarial_lr must be positive, got {self.adversarial_lr}")
 
 
 class ErasureBatch(NamedTuple):
@@ -67,6 +84,7 @@ class ErasureBatch(NamedTuple):
   t_pre: jax.Array | None = None
   cond_pre: jax.Array | None = None
   anchor: jax.Array | None = None  # (B, L, text_dim) anchor prompt embeddings (objective anchor "prompt")
+  cond_attack: jax.Array | None = None  # (B, L, text_dim) the concept prompts under the inner attack
 
 
 def token_grid(model: WanTransformer, latent_shape) -> tuple[int, int, int]:
@@ -121,11 +139,12 @@ def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfi
     eta = jnp.where(batch.sigma.astype(F32) >= cfg.guidance_sigma_min, cfg.eta, 0.0).reshape(b, 1, 1, 1, 1)
   target = v_anchor - eta * (v_cond - v_anchor)
 
-  # Erasers on, in one batched forward: the concept prompt (its localization term counts) and the
-  # preservation prompt.
+  # Erasers on, in one batched forward: the concept prompt (attacked, with `adversarial`; its
+  # localization term counts) and the preservation prompt.
   loc_masks = jnp.concatenate([masks, jnp.zeros((masks.shape[0], p, *masks.shape[2:]), masks.dtype)], axis=1)
+  cond_on = cond if batch.cond_attack is None else batch.cond_attack.astype(dtype)
   on, aux_on = model(jnp.concatenate([x_t, x_pre]), jnp.concatenate([batch.t, t_pre]),
-                     jnp.concatenate([cond, cond_pre]), loc_masks=loc_masks, return_aux=True)
+                     jnp.concatenate([cond_on, cond_pre]), loc_masks=loc_masks, return_aux=True)
   on = on.astype(F32)
   err = jnp.square(on[:b] - target)
   if cfg.sigma_weighting:

@@ -5,6 +5,9 @@ eraser parameters (`EraserParam`); the train state carries both as pytrees, so t
 function of arrays. Only erasers get gradients and optimizer state (optax Adam after global-norm
 clipping); the base parameters pass through the step untouched.
 
+With `objective.adversarial` the state also carries the inner attack's soft tokens, which the step
+updates (every `adversarial_every` steps) before the erasure loss sees the attacked prompts.
+
 In a two-expert model (Wan2.2 A14B) each expert has its own train state and its own compiled step,
 which trains it at the points of its range and samples trajectories through both experts (the other
 one's erasers and base enter the step as read-only arguments).
@@ -23,6 +26,7 @@ from t2vu_jax.erase.objective import ErasureBatch, ObjectiveConfig, erasure_loss
 from t2vu_jax.erase.trajectory import TrajectoryConfig, training_point
 from t2vu_jax.models.erasers import EraserParam
 from t2vu_jax.models.wan import WanTransformer
+from t2vu_jax.text import insert_tokens
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -65,16 +69,22 @@ class TrainState(NamedTuple):
   base: nnx.State      # frozen base model parameters (and any other non-eraser state)
   erasers: nnx.State   # trainable eraser parameters, fp32
   opt_state: Any
+  adversary: jax.Array | None = None  # the inner attack's soft tokens (objective.adversarial), (k, text_dim)
 
 
-def init_train_state(model: WanTransformer, tx: optax.GradientTransformation) -> tuple[nnx.GraphDef, TrainState]:
+def init_train_state(model: WanTransformer, tx: optax.GradientTransformation,
+                     objective: ObjectiveConfig | None = None) -> tuple[nnx.GraphDef, TrainState]:
   """(graphdef, state) of a model with erasers attached. The state's erasers are a copy (the step
-  donates them), so `model` itself stays usable; its base parameters are shared, not copied."""
+  donates them), so `model` itself stays usable; its base parameters are shared, not copied. With an
+  adversarial `objective` the state carries the inner attack's soft tokens, from zeros."""
   if model.erasers is None:
     raise ValueError("attach erasers to the model before training (t2vu_jax.models.erasers.attach_erasers)")
   graphdef, erasers, base = nnx.split(model, EraserParam, ...)
   erasers = jax.tree.map(jnp.copy, erasers)
-  return graphdef, TrainState(jnp.zeros((), jnp.int32), base, erasers, tx.init(erasers))
+  adversary = None
+  if objective is not None and objective.adversarial:
+    adversary = jnp.zeros((objective.adversarial_tokens, model.config.text_dim), jnp.float32)
+  return graphdef, TrainState(jnp.zeros((), jnp.int32), base, erasers, tx.init(erasers), adversary)
 
 
 def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> WanTransformer:
@@ -100,8 +110,25 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
   `expert`, the step trains that expert and takes the other one's `(erasers, base)` as `other`."""
   scheduler = trajectory.make_scheduler() if trajectory is not None else None
 
+  def attack(adversary, erasers, base, batch: ErasureBatch):
+    """The inner attack's update: normalised-gradient steps on the soft tokens so that the erased model
+    on the attacked prompt gives the base model's concept velocity v_c."""
+    fresh = lambda tree: jax.tree.map(lambda a: a, tree)  # noqa: E731  (Variables of the current trace level)
+    v_c = jax.lax.stop_gradient(nnx.merge(graphdef, fresh(erasers), fresh(base))(
+        batch.x_t, batch.t, batch.cond, erasers=False).astype(jnp.float32))
+
+    def gap(tokens):
+      model = nnx.merge(graphdef, fresh(erasers), fresh(base))
+      v = model(batch.x_t, batch.t, insert_tokens(batch.cond, tokens), erasers=True)
+      return jnp.mean(jnp.square(v.astype(jnp.float32) - v_c))
+
+    for _ in range(objective.adversarial_steps):
+      g = jax.grad(gap)(adversary)
+      adversary = adversary - objective.adversarial_lr * g / (jnp.sqrt(jnp.mean(jnp.square(g))) + 1e-12)
+    return adversary
+
   def update(trainable, base, batch: ErasureBatch, rng, other=None):
-    step, erasers, opt_state = trainable
+    step, erasers, opt_state, adversary = trainable
     if batch.x_t is None:
       if scheduler is None or latent_shape is None:
         raise ValueError("a batch without x_t needs a trajectory config and latent_shape")
@@ -124,6 +151,14 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
         x_pre, t_pre, _ = point(pre_rng, batch.cond_pre)
         batch = batch._replace(x_pre=x_pre, t_pre=t_pre)
 
+    if objective.adversarial:
+      if adversary is None:
+        raise ValueError("objective.adversarial needs the train state's soft tokens: "
+                         "init_train_state(model, tx, objective)")
+      adversary = jax.lax.cond(step % objective.adversarial_every == 0, attack, lambda a, *_: a,
+                               adversary, erasers, base, batch)
+      batch = batch._replace(cond_attack=insert_tokens(batch.cond, adversary))
+
     def loss_fn(erasers):
       fresh_base = jax.tree.map(lambda a: a, base)  # Variables of this trace level
       return erasure_loss(nnx.merge(graphdef, erasers, fresh_base), batch, objective)
@@ -132,7 +167,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
     updates, opt_state = tx.update(grads, opt_state, erasers)
     erasers = optax.apply_updates(erasers, updates)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads), t=jnp.mean(batch.t.astype(jnp.float32)))
-    return (step + 1, erasers, opt_state), metrics
+    return (step + 1, erasers, opt_state, adversary), metrics
 
   # Erasers and optimizer state are donated and replaced; the frozen base is only read, so it is
   # neither copied nor invalidated.
@@ -143,10 +178,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
     if (expert is None) != (other is None):
       raise ValueError("a two-expert step needs the other expert's state, and only such a step takes one")
     other = None if other is None else (other.erasers, other.base)
-    (step, erasers, opt_state), metrics = jitted((state.step, state.erasers, state.opt_state), state.base,
-                                                 batch, rng, other)
-    return TrainState(step, state.base, erasers, opt_state), metrics
+    (step, erasers, opt_state, adversary), metrics = jitted(
+        (state.step, state.erasers, state.opt_state, state.adversary), state.base, batch, rng, other)
+    return TrainState(step, state.base, erasers, opt_state, adversary), metrics
 
-  # jitted((step, erasers, opt_state), base, batch, rng, other): for ahead-of-time lowering
+  # jitted((step, erasers, opt_state, adversary), base, batch, rng, other): for ahead-of-time lowering
   train_step.jitted = jitted
   return train_step
