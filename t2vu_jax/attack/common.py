@@ -124,6 +124,15 @@ class AttackContext:
   def embed(self, texts) -> np.ndarray:
     return np.asarray(self.pipe.encode(list(texts)))
 
+  def base_latents(self, cond) -> jax.Array:
+    """Final latents of the base model's own videos of prompt embeddings `cond`, sampled as the evaluation
+    samples (from the run's seed): the training data of the attacks that learn."""
+    ev = self.config.eval
+    uncond = np.broadcast_to(self.embed([""])[0], np.shape(cond)) if ev.guidance > 1.0 else None
+    return jnp.asarray(self.pipe.sample_embeddings(cond, uncond, ev.height, ev.width, ev.frames, ev.steps,
+                                                   ev.guidance, seed=self.config.seed, progress=False, erasers=False,
+                                                   guidance_2=ev.get("guidance_2")))
+
   def videos(self, target: str, cond, pipe=None) -> list[np.ndarray]:
     """uint8 videos of prompt embeddings `cond` (one per attack prompt, on its seed) through `target`
     (through `pipe` in place of its pipeline: a fine-tuned one)."""

@@ -117,14 +117,11 @@ def fine_tune(context, pipe, erasers: bool, x0, cond, checkpoints, key) -> dict:
 
 
 def run(context) -> tuple[dict, dict]:
-  settings, ev = context.settings, context.config.eval
+  settings = context.settings
   checkpoints = settings.resurgence_step_values
   texts = benign_prompts(context)
   cond = context.embed(texts)
-  x0 = jnp.asarray(context.pipe.sample_embeddings(
-      cond, np.broadcast_to(context.embed([""])[0], cond.shape) if ev.guidance > 1.0 else None, ev.height,
-      ev.width, ev.frames, ev.steps, ev.guidance, seed=context.config.seed, progress=False, erasers=False,
-      guidance_2=ev.get("guidance_2")))
+  x0 = context.base_latents(cond)  # the base model's own videos
   key = jax.random.key(context.config.seed)
   prompts = context.embed(context.prompts)
   tuned, rates = {}, {}

@@ -78,17 +78,14 @@ def optimise(context, target: str, x0, cond, checkpoints, key):
 
 
 def run(context) -> tuple[dict, dict]:
-  settings, ev = context.settings, context.config.eval
+  settings = context.settings
   checkpoints = settings.soft_step_values
   entries = context.erase_entries[:settings.soft_train_prompts]
   train = context.embed([e.prompt for e in entries])
   prompts = context.embed(context.prompts)
   check_room(train, settings.soft_tokens)
   # The base model's own videos of the concept prompts: what every target is pushed to reproduce.
-  x0 = jnp.asarray(context.pipe.sample_embeddings(
-      train, np.broadcast_to(context.embed([""])[0], train.shape) if ev.guidance > 1.0 else None, ev.height,
-      ev.width, ev.frames, ev.steps, ev.guidance, seed=context.config.seed, progress=False, erasers=False,
-      guidance_2=ev.get("guidance_2")))
+  x0 = context.base_latents(train)
   key = jax.random.key(context.config.seed)
   rates = {}
   for target in context.targets:
