@@ -108,6 +108,7 @@ def test_resurgence_fine_tunes_a_lora_on_every_block_kernel_and_keeps_the_eraser
   import jax.numpy as jnp
   from flax import nnx
   from t2vu_jax.attack import resurgence
+  from t2vu_jax.attack.common import adam
   from t2vu_jax.models.erasers import EraserConfig, EraserParam, attach_erasers
   model = attach_erasers(nnx.clone(toy_pipe.transformer), EraserConfig(rank=4), seed=0)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -122,7 +123,7 @@ def test_resurgence_fine_tunes_a_lora_on_every_block_kernel_and_keeps_the_eraser
   x0 = jnp.asarray(rng.uniform(-1, 1, (2, 3, 2, 16, 16)), jnp.float32)
   cond = jnp.asarray(toy_pipe.encode(["a green cube moving left", "a blue ball moving up"]))
   erasers_before = [np.asarray(v) for v in jax.tree.leaves(nnx.state(model, EraserParam))]
-  opt = resurgence._optimizer(1e-2).init(lora)
+  opt = adam(1e-2).init(lora)
   losses = []
   for step in range(30):
     noise = jax.random.normal(jax.random.key(step), x0.shape)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -11,6 +12,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from t2vu_jax.erase.prompts import load_pools, split_paths
 from t2vu_jax.evaluate import scorers
@@ -82,6 +84,26 @@ class AttackConfig:
   @property
   def resurgence_step_values(self) -> tuple[int, ...]:
     return tuple(sorted({int(s) for s in parse_floats(self.resurgence_steps, "resurgence_steps")}))
+
+
+@functools.lru_cache
+def adam(learning_rate: float) -> optax.GradientTransformation:
+  """One Adam per learning rate, so that the jitted steps it is a static argument of compile once."""
+  return optax.adam(learning_rate)
+
+
+def draw_sigma(rng: np.random.Generator, pipe, steps: int) -> tuple[float, int]:
+  """A noise level σ spread as the pipeline's shifted schedule of `steps` spreads it, and the expert that
+  denoises there (0: `transformer`, 1: Wan2.2's low-noise `transformer_2`)."""
+  shift = pipe.scheduler(steps).shift
+  u = rng.uniform()
+  sigma = shift * u / (1 + (shift - 1) * u)
+  return sigma, 0 if pipe.boundary is None or 1000.0 * sigma >= pipe.boundary else 1
+
+
+def flow_point(x0, noise, sigma):
+  """The flow-matching training point at σ: (x_t = (1 − σ) x0 + σ ε, its velocity target ε − x0)."""
+  return (1.0 - sigma) * x0 + sigma * noise, noise - x0
 
 
 def attack_settings(config) -> AttackConfig:

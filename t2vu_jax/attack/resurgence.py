@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from t2vu_jax.attack.common import adam, draw_sigma, flow_point
 from t2vu_jax.erase.prompts import load_pools, split_paths
 
 
@@ -54,23 +55,18 @@ def with_lora(params, lora: dict):
   return jax.tree_util.tree_map_with_path(add, params)
 
 
-@functools.lru_cache
-def _optimizer(learning_rate: float) -> optax.GradientTransformation:
-  return optax.adam(learning_rate)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 9, 10))
 def _step(graphdef, params, rest, lora, opt_state, x0, cond, sigma, noise, erasers: bool, learning_rate: float):
   def loss_fn(lora):
     fresh_rest = jax.tree.map(lambda a: a, rest)  # Variables of this trace level (the erasers among them)
     model = nnx.merge(graphdef, with_lora(params, lora), fresh_rest)
-    x_t = (1.0 - sigma) * x0 + sigma * noise
+    x_t, target = flow_point(x0, noise, sigma)
     v = model(x_t.astype(model.dtype), jnp.broadcast_to(1000.0 * sigma, x0.shape[:1]), cond.astype(model.dtype),
               erasers=erasers)
-    return jnp.mean((v.astype(jnp.float32) - (noise - x0)) ** 2)
+    return jnp.mean((v.astype(jnp.float32) - target) ** 2)
 
   loss, grad = jax.value_and_grad(loss_fn)(lora)
-  updates, opt_state = _optimizer(learning_rate).update(grad, opt_state, lora)
+  updates, opt_state = adam(learning_rate).update(grad, opt_state, lora)
   return optax.apply_updates(lora, updates), opt_state, loss
 
 
@@ -94,8 +90,7 @@ def fine_tune(context, pipe, erasers: bool, x0, cond, checkpoints, key) -> dict:
   split = [nnx.split(m, nnx.Param, ...) for m in experts]
   loras = [init_lora(params, settings.resurgence_rank, jax.random.fold_in(key, i))
            for i, (_, params, _) in enumerate(split)]
-  states = [_optimizer(settings.resurgence_lr).init(lora) for lora in loras]
-  shift, boundary = pipe.scheduler(ev.steps).shift, pipe.boundary
+  states = [adam(settings.resurgence_lr).init(lora) for lora in loras]
   rng = np.random.default_rng(context.config.seed)
 
   def tuned():
@@ -104,9 +99,7 @@ def fine_tune(context, pipe, erasers: bool, x0, cond, checkpoints, key) -> dict:
 
   kept = {0: pipe} if 0 in checkpoints else {}
   for step in range(1, max(checkpoints) + 1):
-    u = rng.uniform()
-    sigma = shift * u / (1 + (shift - 1) * u)
-    e = 0 if boundary is None or 1000.0 * sigma >= boundary else 1
+    sigma, e = draw_sigma(rng, pipe, ev.steps)
     noise = jax.random.normal(jax.random.fold_in(key, 1000 + step), x0.shape, jnp.float32)
     graphdef, params, rest = split[e]
     loras[e], states[e], _ = _step(graphdef, params, rest, loras[e], states[e], x0, cond, jnp.float32(sigma), noise,

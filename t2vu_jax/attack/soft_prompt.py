@@ -13,14 +13,13 @@ measured on the attack prompts with the soft prompt of each step count in `attac
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
+from t2vu_jax.attack.common import adam, draw_sigma, flow_point
 from t2vu_jax.pipeline import cfg_velocity, loop_callable
 from t2vu_jax.text import insert_tokens
 
@@ -31,25 +30,20 @@ def check_room(embeddings: np.ndarray, tokens: int) -> None:
                      f"{embeddings.shape[1]}-token text length")
 
 
-@functools.lru_cache
-def _optimizer(learning_rate: float) -> optax.GradientTransformation:
-  return optax.adam(learning_rate)
-
-
 @nnx.jit(static_argnums=(8, 9))
 def _step(model, soft, opt_state, x0, cond, uncond, sigma, noise, erasers: bool, learning_rate: float,
           guidance):
   velocity = loop_callable(model)  # the module rebuilt inside the gradient's trace
 
   def loss_fn(soft):
-    x_t = (1.0 - sigma) * x0 + sigma * noise
+    x_t, target = flow_point(x0, noise, sigma)
     v = cfg_velocity(velocity, x_t.astype(model.dtype), 1000.0 * sigma,
                      insert_tokens(cond, soft).astype(model.dtype),
                      None if uncond is None else uncond.astype(model.dtype), guidance, erasers=erasers)
-    return jnp.mean((v.astype(jnp.float32) - (noise - x0)) ** 2)
+    return jnp.mean((v.astype(jnp.float32) - target) ** 2)
 
   loss, grad = jax.value_and_grad(loss_fn)(soft)
-  updates, opt_state = _optimizer(learning_rate).update(grad, opt_state, soft)
+  updates, opt_state = adam(learning_rate).update(grad, opt_state, soft)
   return optax.apply_updates(soft, updates), opt_state, loss
 
 
@@ -59,16 +53,14 @@ def optimise(context, target: str, x0, cond, checkpoints, key):
   pipe, erasers, negative = context.targets[target]
   guided = ev.guidance > 1.0
   uncond = jnp.broadcast_to(jnp.asarray(context.embed([negative])[0]), cond.shape) if guided else None
-  shift = pipe.scheduler(ev.steps).shift
-  boundary = pipe.boundary
+  experts = (pipe.transformer, pipe.transformer_2)
   soft = jnp.zeros((settings.soft_tokens, cond.shape[-1]), jnp.float32)
-  opt_state = _optimizer(settings.soft_lr).init(soft)
+  opt_state = adam(settings.soft_lr).init(soft)
   rng = np.random.default_rng(context.config.seed)
   kept = {0: soft} if 0 in checkpoints else {}
   for step in range(1, max(checkpoints) + 1):
-    u = rng.uniform()
-    sigma = shift * u / (1 + (shift - 1) * u)
-    model = pipe.transformer if boundary is None or 1000.0 * sigma >= boundary else pipe.transformer_2
+    sigma, expert = draw_sigma(rng, pipe, ev.steps)
+    model = experts[expert]
     noise = jax.random.normal(jax.random.fold_in(key, step), x0.shape, jnp.float32)
     soft, opt_state, _ = _step(model, soft, opt_state, x0, cond, uncond, jnp.float32(sigma), noise, erasers,
                                settings.soft_lr, ev.guidance)
