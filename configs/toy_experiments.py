@@ -28,6 +28,8 @@ def get_config(arg: str = ""):
   c.concepts = "colour:red,shape:circle"
   c.variants = ",".join(VARIANTS)  # erasure rows, comma-separated names of `experiments.VARIANTS`
   c.update(dataclasses.asdict(PromptSetSizes()))  # seed, erase_per_wording, preserve_per_value, eval_videos
+  c.attacks = ""                   # attacks on every row (`t2vu_jax.attack.ATTACKS`), comma-separated; budgets in
+  #                                  erasure.attack; one concept per erasure (configs/toy_robustness.py)
   c.loc_sigma = 0.5                # noise level of the localization IoU column
   c.sheet_scale = 6
   c.erasure = toy.get_config()

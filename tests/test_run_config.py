@@ -63,9 +63,13 @@ def test_the_toy_scorer_refuses_a_run_that_is_not_a_toy_run():
     ("loc_sigma", 1.5, "loc_sigma must be in"), ("erasure.eraser.rank", 0, r"config\.erasure\.eraser: .*rank"),
     ("variants", "full,no masks", r"config\.variants: unknown row\(s\) \['no masks'\]"),
     ("variants", " , ", "no erasure row"),
+    ("attacks", "concept_vector,jailbreak", r"config\.attacks: unknown attack\(s\) \['jailbreak'\]"),
+    ("attacks", "soft_prompt", r"config\.attacks: attacks measure one concept per erasure"),  # the a+b group
+    ("erasure.attack.soft_steps", "0,1.5", r"config\.erasure\.attack: .*soft_steps must be integers"),
 ])
 def test_bad_experiments_configs_are_refused_before_any_model_loads(field, value, message):
   config = toy_experiments.get_config()
+  config.concepts = "colour:red,colour:blue+shape:cross"
   *groups, name = field.split(".")
   node = config
   for g in groups:
@@ -88,6 +92,21 @@ def test_experiments_config_defaults_and_quick():
   assert quick.erasure.optim.total_steps == 1
   with pytest.raises(ValueError, match="'quick'"):
     toy_experiments.get_config("fast")
+
+
+def test_robustness_config_attacks_a_colour_a_shape_and_a_motion_with_every_method():
+  from configs import toy_robustness
+  from t2vu_jax.attack import ATTACKS
+  from t2vu_jax.toy import robustness
+  config = toy_robustness.get_config()
+  groups, variants = experiments.validate(config)
+  assert sorted(kind for (kind, _), in groups) == ["colour", "motion", "shape"]
+  assert [v.name for v in variants] == ["paper target", "full", "RECE", "robust option"]
+  assert [v.method for v in variants] == ["erasers", "erasers", "rece", "erasers"]
+  assert robustness.attack_names(config) == ATTACKS
+  assert config.out.endswith(os.path.join("docs", "robustness.md"))
+  experiments.validate(toy_robustness.get_config("quick"))
+  assert robustness.attack_names(toy_experiments.get_config()) == ()  # the experiments attack nothing by default
 
 
 @pytest.mark.parametrize("field", ["erase", "preserve", "evaluate"])

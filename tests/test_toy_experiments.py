@@ -134,3 +134,50 @@ def test_pool_writer_writes_valid_pools_for_every_concept(tmp_path, kind, value)
   evaluation = load_pool(paths["evaluate"])
   assert len(evaluation) == len(E.SETS) * E.PromptSetSizes().eval_videos
   assert not {e.prompt for e in evaluation} & {e.prompt for pool in (prompts.erase, prompts.preserve) for e in pool}
+
+
+def test_robustness_quick_run_attacks_every_row_and_plots_the_budgets(tmp_path):
+  """The robustness study in --quick mode on a toy pipeline pretrained for 3 steps: an attack table with
+  every row and budget point, the goals line only where the robust option ran, and the plot."""
+  from configs import toy_robustness
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
+  model, out, jobs = tmp_path / "toy", tmp_path / "docs" / "robustness.md", tmp_path / "jobs"
+  pretrain = ("from t2vu_jax.toy import pretrain as P\n"
+              "model, tokenizer, _ = P.pretrain(0, P.TrainConfig(steps=3, batch=4, warmup=1), log=None)\n"
+              f"P.save_pipeline(model, tokenizer, {str(model)!r})\n")
+  subprocess.run([sys.executable, "-c", pretrain], env=env, cwd=ROOT, check=True)
+  run = subprocess.run([sys.executable, "-m", "t2vu_jax.toy.experiments", "--config=configs/toy_robustness.py:quick",
+                        f"--config.model={model}", f"--config.out={out}", f"--config.workdir={jobs}"], env=env,
+                       cwd=ROOT, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-3000:]
+  text = out.read_text()
+  assert text.startswith("# Robustness of toy-world erasures")
+  quick = toy_robustness.get_config("quick")
+  attack = quick.erasure.attack
+  header = next(line for line in text.splitlines() if line.startswith("| model | PSR (c) |"))
+  points = [f"concept_vector strength {s}" for s in attack.strengths.split(",")] + \
+           [f"soft_prompt {s} steps x {attack.soft_tokens}" for s in attack.soft_steps.split(",")] + \
+           [f"resurgence {s} steps" for s in attack.resurgence_steps.split(",")]
+  assert header == "| model | PSR (c) | " + " | ".join(points) + " |"
+  for row in ("base", "negative prompting", *quick.variants.split(",")):
+    assert text.count(f"\n| {row} |") == 2, row  # the erasure table and the attack table
+  assert "Robust option against the goals" not in text  # no robust-option row in the quick study
+  for row in quick.variants.split(","):  # each row's attacks kept in its job directory
+    for name in quick.attacks.split(","):
+      assert (jobs / f"colour_red_{row}" / "attacks" / f"{name}.json").exists()
+  assert Image.open(out.parent / "robustness_attacks.png").size[0] > 0
+
+
+def test_robustness_attacks_are_read_back_from_a_kept_job_directory(tmp_path):
+  """A finished attack is read from `attacks/<name>.json`: nothing is loaded or sampled again."""
+  import json
+  from configs import toy_robustness
+  from t2vu_jax.toy import robustness
+  result = {"attack": "soft_prompt", "budget": {"name": "steps (x tokens)", "tokens": 4},
+            "rates": {"erased": {"0": 0.0, "50": 0.25}}}
+  (tmp_path / "attacks").mkdir()
+  (tmp_path / "attacks" / "soft_prompt.json").write_text(json.dumps(result))
+  config = toy_robustness.get_config()
+  got = robustness.attack(None, None, config.erasure, ("soft_prompt",), ("erased",), str(tmp_path), "red")
+  assert got == {"rates": {"soft_prompt": result["rates"]}, "budget": {"soft_prompt": result["budget"]}}
