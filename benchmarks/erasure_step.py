@@ -7,8 +7,11 @@ our converter), the same adapter erasers, batch and hyper-parameters, in fp32 on
 this run. One step = the whole objective (erasers-off v_c and v∅ with the concept attention,
 erasers-on forward with the localization term, preservation forwards), its eraser gradients and an
 Adam update. The PyTorch reference is `tests/torch_erasure.py` (diffusers' model with hooked
-erasers). Then our step is timed with fresh on-policy trajectories (k + 1 guided sampling steps
-inside the jitted step, averaged over k) against training points drawn from a `TrajectoryPool`.
+erasers). Contexts are as Wan's encoder leaves them, the prompt's tokens then zero padding; our step
+gets them as the erase loop feeds it, the padding cut to one row that stands for the rest (exact:
+`text.collapse_padding`), PyTorch the full contexts. Then our step is timed with fresh on-policy
+trajectories (k + 1 guided sampling steps inside the jitted step, averaged over k) against training
+points drawn from a `TrajectoryPool`.
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ def main():
   p.add_argument("--frames", type=int, default=3, help="latent frames")
   p.add_argument("--size", type=int, default=16, help="latent height = width")
   p.add_argument("--text-len", type=int, default=512)
+  p.add_argument("--prompt-tokens", type=int, default=32,
+                 help="real tokens of each context; the rest is zero padding, as Wan's encoder leaves it")
   p.add_argument("--rank", type=int, default=32)
   p.add_argument("--steps", type=int, default=10, help="sampling steps of a trajectory")
   p.add_argument("--repeats", type=int, default=7, help="interleaved rounds (min and median are printed)")
@@ -67,6 +72,7 @@ def main():
   from t2vu_jax.erase.pool import TrajectoryPool
   from t2vu_jax.erase.trajectory import TrajectoryConfig
   from t2vu_jax.models.erasers import EraserConfig, attach_erasers
+  from t2vu_jax.text import collapse_padding
 
   jax.config.update("jax_default_matmul_precision", "highest")
   dim = 64 * args.heads
@@ -87,10 +93,11 @@ def main():
   latent = (1, 16, args.frames, args.size, args.size)
   concept = np.zeros((1, args.text_len), np.float32)
   concept[0, 3:5] = 1
+  def context(tokens):  # a prompt's real tokens, then exact zeros
+    return np.pad(rng.standard_normal((1, tokens, dim)), ((0, 0), (0, args.text_len - tokens), (0, 0)))
   arrays = dict(x_t=rng.standard_normal(latent), t=np.array([600.0]), sigma=np.array([0.6]),
-                cond=rng.standard_normal((1, args.text_len, dim)), uncond=rng.standard_normal((1, args.text_len, dim)),
-                concept_mask=concept, x_pre=rng.standard_normal(latent), t_pre=np.array([300.0]),
-                cond_pre=rng.standard_normal((1, args.text_len, dim)))
+                cond=context(args.prompt_tokens), uncond=context(1), concept_mask=concept,
+                x_pre=rng.standard_normal(latent), t_pre=np.array([300.0]), cond_pre=context(args.prompt_tokens))
   arrays = {k: v.astype(np.float32) for k, v in arrays.items()}
   hyper = dict(eta=1.0, lambda_loc=1.0, lambda_pre=1.0, threshold=0.1)
   tokens = args.frames * (args.size // 2) ** 2
@@ -112,7 +119,11 @@ def main():
   tx = make_optimizer(OptimConfig(learning_rate=1e-4))
   graphdef, state = init_train_state(model, tx)
   pooled_step = make_train_step(graphdef, tx, ObjectiveConfig(**hyper))
-  batch = ErasureBatch(**{k: jnp.asarray(v) for k, v in arrays.items()})
+  # As the erase loop feeds the step (`StepBatches.contexts`): the common padding cut to one row.
+  texts, masks, padding = collapse_padding({k: arrays[k] for k in ("cond", "uncond", "cond_pre")},
+                                           {"concept_mask": arrays["concept_mask"]})
+  batch = ErasureBatch(**{k: jnp.asarray(v) for k, v in {**arrays, **texts, **masks}.items()},
+                       text_padding=None if padding is None else jnp.asarray(padding))
   holder = [state]
 
   def jax_step(step_fn, batch, key=jax.random.key(0)):
@@ -122,7 +133,8 @@ def main():
   times = interleaved({"PyTorch reference": torch_step, "t2vu-jax": lambda: jax_step(pooled_step, batch)},
                       args.repeats)
 
-  print(f"model: {args.layers} layers, dim {dim}, {tokens} video tokens, text {args.text_len}, "
+  print(f"model: {args.layers} layers, dim {dim}, {tokens} video tokens, text {args.text_len} "
+        f"({args.prompt_tokens} prompt tokens, then zero padding), "
         f"adapter rank {args.rank}; fp32 on {os.cpu_count()} CPU cores ({cpu_model()}), "
         f"{args.repeats} interleaved rounds")
   print(f"{'train step':28s} {'min s':>9s} {'median s':>9s}")
@@ -146,7 +158,8 @@ def main():
   frozen = TrajectoryConfig(steps=args.steps, guidance=5.0, model="frozen")
   start = time.perf_counter()
   pool = TrajectoryPool.build(merge_model(graphdef, holder[0]),
-                              frozen.make_scheduler(), batch.cond, batch.uncond[0], frozen.guidance, latent[1:],
+                              frozen.make_scheduler(), jnp.asarray(arrays["cond"]), jnp.asarray(arrays["uncond"][0]),
+                              frozen.guidance, latent[1:],
                               repeats=2, batch_size=1, progress=False)
   pool_seconds = time.perf_counter() - start
   draw = np.random.default_rng(0)

@@ -34,11 +34,17 @@ def heads_first(t):
   return jnp.swapaxes(t, 1, 2)
 
 
-def _probabilities(q, k):
-  """softmax(q k^T / sqrt(d)) in fp32, (B, H, S, L)."""
+def _probabilities(q, k, bias=None):
+  """softmax(q k^T / sqrt(d) + bias) in fp32, (B, H, S, L); `bias` (L,) is added to every query's logits."""
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bhqd,bhkd->bhqk", heads_first(q), heads_first(k), preferred_element_type=jnp.float32)
-  return jax.nn.softmax(logits * scale, axis=-1)
+  logits = logits * scale
+  return jax.nn.softmax(logits if bias is None else logits + bias.astype(jnp.float32), axis=-1)
+
+
+def _xla_only(backend: str, bias) -> None:
+  if bias is not None and backend != "xla":
+    raise ValueError(f"a key bias (collapsed text padding) runs with the 'xla' attention backend, not {backend!r}")
 
 
 def _weighted_values(probs, v):
@@ -51,32 +57,33 @@ def _concept_mass(probs, concept_mask):
   return jnp.einsum("bhqk,bk->bq", probs, concept_mask.astype(jnp.float32)) / probs.shape[1]
 
 
-def dot_product_attention(q, k, v, backend: str = "xla"):
-  """softmax(q k^T / sqrt(d)) v with the softmax in fp32."""
+def dot_product_attention(q, k, v, backend: str = "xla", bias=None):
+  """softmax(q k^T / sqrt(d) + bias) v with the softmax in fp32 (`bias` (L,) per key, XLA backend)."""
+  _xla_only(backend, bias)
   if backend == "cudnn":
     return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
   if backend == "splash":
     return splash_attention(q, k, v)
   if backend != "xla":
     raise ValueError(f"unknown attention backend {backend!r}; available: {BACKENDS}")
-  return _weighted_values(_probabilities(q, k), v)
+  return _weighted_values(_probabilities(q, k, bias), v)
 
 
-def concept_attention(q, k, concept_mask):
+def concept_attention(q, k, concept_mask, bias=None):
   """Cross-attention mass on a concept's tokens: mean over heads of softmax(q k^T / sqrt(d)),
   summed over the text tokens marked in `concept_mask` (B, L). Returns (B, S) in fp32.
 
   Only this (B, S) reduction leaves the function; the (B, H, S, L) probabilities stay inside it.
   """
-  return _concept_mass(_probabilities(q, k), concept_mask)
+  return _concept_mass(_probabilities(q, k, bias), concept_mask)
 
 
-def attention_with_concept(q, k, v, concept_mask, backend: str = "xla"):
+def attention_with_concept(q, k, v, concept_mask, backend: str = "xla", bias=None):
   """(attention output, concept attention (B, S)). The XLA backend reads the concept attention off the
   probabilities it computes anyway; the fused kernels keep theirs, so it is computed beside them."""
   if backend != "xla":
-    return dot_product_attention(q, k, v, backend), concept_attention(q, k, concept_mask)
-  probs = _probabilities(q, k)
+    return dot_product_attention(q, k, v, backend, bias), concept_attention(q, k, concept_mask)
+  probs = _probabilities(q, k, bias)
   return _weighted_values(probs, v), _concept_mass(probs, concept_mask)
 
 

@@ -246,3 +246,27 @@ def insert_tokens(embeddings, tokens):
   rows = jnp.arange(embeddings.shape[0])[:, None]
   return embeddings.at[rows, positions].set(jnp.broadcast_to(tokens.astype(embeddings.dtype),
                                                             (*positions.shape, tokens.shape[1])))
+
+
+def collapse_padding(embeddings: dict, masks: dict | None = None, room: int = 0) -> tuple[dict, dict, int | None]:
+  """Cut the zero padding every context of `embeddings` (name -> (..., L, D)) ends in down to one row.
+
+  All padded rows of Wan's contexts are zero, so all their keys and values are equal, and attention
+  over n + 1 equal keys is attention over one of them with its logit raised by log(n + 1)
+  (`WanTransformer`'s `text_padding=n`). Keeps the rows any context uses, `room` more (for tokens
+  inserted after a prompt's, `insert_tokens`) and one padding row. Returns (embeddings, `masks`
+  (name -> (..., L), cut alike), n), or the inputs and None where there is nothing to cut.
+  """
+  masks = dict(masks or {})
+  length = next(iter(embeddings.values())).shape[-2]
+  used = 0
+  for e in embeddings.values():
+    rows = np.nonzero(np.any(np.asarray(e) != 0, axis=tuple(i for i in range(e.ndim) if i != e.ndim - 2)))[0]
+    used = max(used, int(rows[-1]) + 1 if len(rows) else 0)
+  keep = used + room + 1
+  if keep >= length:
+    return dict(embeddings), masks, None
+  if any(np.any(np.asarray(m)[..., keep - 1:]) for m in masks.values()):
+    raise ValueError("a mask marks text rows past the ones the contexts use")
+  return ({k: np.asarray(e)[..., :keep, :] for k, e in embeddings.items()},
+          {k: np.asarray(m)[..., :keep] for k, m in masks.items()}, length - keep)

@@ -145,3 +145,58 @@ def test_the_adversarial_option_trains_against_a_soft_prompt_that_brings_the_con
   assert attacked < plain
   with pytest.raises(ValueError, match="adversarial_every must be a positive integer"):
     ObjectiveConfig(adversarial=True, adversarial_every=0)
+
+
+@pytest.mark.parametrize("kind, adversarial", [("adapter", True), ("lora", False)])
+def test_collapsed_text_padding_trains_as_the_full_context(save_diffusers_transformer, kind, adversarial):
+  """Contexts that end in zero rows (as Wan's do), cut to the rows they use plus one padding row that
+  stands for the rest (`text.collapse_padding`, `text_padding`): on-policy steps give the erasers, the
+  inner attack's tokens and the metrics of the full 24-row contexts."""
+  from t2vu_jax.text import collapse_padding
+  _, path = save_diffusers_transformer(TINY)
+  model = attach_erasers(t2vu_jax.load_transformer(path, "float32", progress=False),
+                         EraserConfig(kind=kind, rank=4, placement="cross_attn"))
+  rng = np.random.default_rng(3)
+  full = {}
+  for name, used in (("cond", 6), ("uncond", 1), ("cond_pre", 9)):
+    e = np.zeros((1, 24, TINY["text_dim"]), np.float32)
+    e[:, :used] = rng.standard_normal((1, used, TINY["text_dim"]))
+    full[name] = e
+  concept = np.zeros((1, 24), np.float32)
+  concept[0, 2:4] = 1
+  cut, masks, padding = collapse_padding(full, {"concept_mask": concept}, room=2)
+  assert padding == 24 - (9 + 2 + 1) and cut["cond"].shape[1] == masks["concept_mask"].shape[1] == 12
+  objective = ObjectiveConfig(eta=1.0, adversarial=adversarial, adversarial_tokens=2, adversarial_steps=1)
+  tx = make_optimizer(OptimConfig(learning_rate=1e-2, total_steps=3))
+  out = []
+  for arrays, mask, pad in ((full, concept, None), (cut, masks["concept_mask"], jnp.asarray(padding))):
+    graphdef, state = init_train_state(nnx.clone(model), tx, objective)
+    step = make_train_step(graphdef, tx, objective, TrajectoryConfig(steps=4, guidance=4.0), LATENTS)
+    batch = ErasureBatch(**{k: jnp.asarray(v) for k, v in arrays.items()}, concept_mask=jnp.asarray(mask),
+                         text_padding=pad)
+    for i in range(3):
+      state, metrics = step(state, batch, jax.random.fold_in(jax.random.key(0), i))
+    out.append((state, metrics))
+  (full_state, full_metrics), (cut_state, cut_metrics) = out
+  for a, b in zip(jax.tree.leaves(full_state.erasers), jax.tree.leaves(cut_state.erasers)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  if adversarial:
+    np.testing.assert_allclose(np.asarray(full_state.adversary), np.asarray(cut_state.adversary), atol=1e-5)
+  for name in ("l_u", "l_loc", "l_pre", "mask_coverage"):
+    np.testing.assert_allclose(float(full_metrics[name]), float(cut_metrics[name]), rtol=1e-4, atol=1e-9)
+
+
+def test_collapse_padding_keeps_every_used_row_and_refuses_a_mask_past_them():
+  from t2vu_jax.text import collapse_padding
+  e = np.zeros((2, 10, 3), np.float32)
+  e[0, :2], e[1, :4] = 1.0, 2.0
+  empty = np.zeros((10, 3), np.float32)
+  empty[0] = 5.0
+  cut, _, padding = collapse_padding({"a": e, "empty": empty})
+  assert padding == 10 - 5 and cut["a"].shape == (2, 5, 3) and cut["empty"].shape == (5, 3)
+  np.testing.assert_array_equal(cut["a"][:, :4], e[:, :4])
+  assert not cut["a"][:, 4:].any()  # the padding row
+  same, _, none = collapse_padding({"a": e}, room=5)  # nothing left to cut
+  assert none is None and same["a"].shape == e.shape
+  with pytest.raises(ValueError, match="past the ones the contexts use"):
+    collapse_padding({"a": e}, {"m": np.eye(10)[None, 7]})

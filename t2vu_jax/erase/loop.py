@@ -31,6 +31,7 @@ from t2vu_jax.io import eraser_format
 from t2vu_jax.models.erasers import attach_erasers
 from t2vu_jax.models.wan import WanTransformer
 from t2vu_jax.sharding import shard_module
+from t2vu_jax.text import collapse_padding
 
 
 class MetricsLog:
@@ -158,11 +159,26 @@ class StepBatches:
   training points drawn from `pools` when the run has them (else the step samples them)."""
 
   def __init__(self, embeddings, prompts: ErasureSet, config, pools: dict[str, TrajectoryPool] | None = None):
-    self.data, self.prompts, self.config, self.pools = embeddings, prompts, config, pools or {}
+    self.prompts, self.config, self.pools = prompts, config, pools or {}
+    self.data, self.text_padding = self.contexts(embeddings, config)
     self.index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
     self.pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
     self.empty = jnp.asarray(embeddings["empty"])[None]
     self.anchored = config.objective.anchor == "prompt"
+
+  @staticmethod
+  def contexts(embeddings, config) -> tuple[dict, jax.Array | None]:
+    """The stored embeddings with their common zero padding cut to one row (`text.collapse_padding`,
+    leaving room for the inner attack's tokens), and the padding that row stands for; cut with the XLA
+    attention only (the fused kernels take no key bias)."""
+    arrays = {name: np.asarray(embeddings[name]) for name in embeddings}
+    if config.model.get("attention", "xla") != "xla":
+      return arrays, None
+    objective = config.objective
+    room = objective.adversarial_tokens if objective.get("adversarial", False) else 0
+    texts = {name: a for name, a in arrays.items() if name != "concept_mask" and len(a)}
+    texts, masks, padding = collapse_padding(texts, {"concept_mask": arrays["concept_mask"]}, room)
+    return {**arrays, **texts, **masks}, None if padding is None else jnp.asarray(padding, jnp.int32)
 
   def __call__(self, step: int, k_range: tuple[int, int] | None = None) -> ErasureBatch:
     """Step `step`'s batch; pooled points are drawn with k in `k_range` (default: every k)."""
@@ -172,7 +188,8 @@ class StepBatches:
     batch = ErasureBatch(cond=jnp.asarray(data["erase"][rows]),
                          uncond=jnp.broadcast_to(self.empty, (len(rows), *self.empty.shape[1:])),
                          concept_mask=jnp.asarray(data["concept_mask"][rows]),
-                         anchor=jnp.asarray(data["anchor"][rows]) if self.anchored else None)
+                         anchor=jnp.asarray(data["anchor"][rows]) if self.anchored else None,
+                         text_padding=self.text_padding)
     rng = np.random.default_rng((c.seed, step))  # the points of a step do not depend on where a run resumed
     if "erase" in self.pools:
       x_t, t, sigma = self.pools["erase"].draw(rng, rows, k_range)

@@ -85,6 +85,7 @@ class ErasureBatch(NamedTuple):
   cond_pre: jax.Array | None = None
   anchor: jax.Array | None = None  # (B, L, text_dim) anchor prompt embeddings (objective anchor "prompt")
   cond_attack: jax.Array | None = None  # (B, L, text_dim) the concept prompts under the inner attack
+  text_padding: jax.Array | None = None  # () padding rows the contexts' last row stands for (`text.collapse_padding`)
 
 
 def token_grid(model: WanTransformer, latent_shape) -> tuple[int, int, int]:
@@ -127,7 +128,7 @@ def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfi
   concept_mask = jnp.concatenate([batch.concept_mask, none, jnp.zeros((p, none.shape[1]), none.dtype)])
   off, aux = model(jnp.concatenate([x_t, x_t, x_pre]), jnp.concatenate([batch.t, batch.t, t_pre]),
                    jnp.concatenate([cond, anchor, cond_pre]), erasers=False, concept_mask=concept_mask,
-                   return_aux=True)
+                   return_aux=True, text_padding=batch.text_padding)
   off = jax.lax.stop_gradient(off.astype(F32))
   v_cond, v_anchor, kept = off[:b], off[b:2 * b], off[2 * b:]
   masks = localization_masks(jax.lax.stop_gradient(aux.concept_attention[:, :b]),
@@ -144,7 +145,8 @@ def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfi
   loc_masks = jnp.concatenate([masks, jnp.zeros((masks.shape[0], p, *masks.shape[2:]), masks.dtype)], axis=1)
   cond_on = cond if batch.cond_attack is None else batch.cond_attack.astype(dtype)
   on, aux_on = model(jnp.concatenate([x_t, x_pre]), jnp.concatenate([batch.t, t_pre]),
-                     jnp.concatenate([cond_on, cond_pre]), loc_masks=loc_masks, return_aux=True)
+                     jnp.concatenate([cond_on, cond_pre]), loc_masks=loc_masks, return_aux=True,
+                     text_padding=batch.text_padding)
   on = on.astype(F32)
   err = jnp.square(on[:b] - target)
   if cfg.sigma_weighting:

@@ -115,11 +115,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
     on the attacked prompt gives the base model's concept velocity v_c."""
     fresh = lambda tree: jax.tree.map(lambda a: a, tree)  # noqa: E731  (Variables of the current trace level)
     v_c = jax.lax.stop_gradient(nnx.merge(graphdef, fresh(erasers), fresh(base))(
-        batch.x_t, batch.t, batch.cond, erasers=False).astype(jnp.float32))
+        batch.x_t, batch.t, batch.cond, erasers=False, text_padding=batch.text_padding).astype(jnp.float32))
 
     def gap(tokens):
       model = nnx.merge(graphdef, fresh(erasers), fresh(base))
-      v = model(batch.x_t, batch.t, insert_tokens(batch.cond, tokens), erasers=True)
+      v = model(batch.x_t, batch.t, insert_tokens(batch.cond, tokens), erasers=True, text_padding=batch.text_padding)
       return jnp.mean(jnp.square(v.astype(jnp.float32) - v_c))
 
     for _ in range(objective.adversarial_steps):
@@ -142,7 +142,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
       def point(rng, cond):
         return training_point(scheduler=scheduler, rng=rng, cond=cond, uncond=batch.uncond,
                               guidance=trajectory.guidance, latent_shape=latent_shape,
-                              erasers=trajectory.model == "on_policy", **experts)
+                              erasers=trajectory.model == "on_policy", text_padding=batch.text_padding, **experts)
 
       rng, pre_rng = jax.random.split(rng)
       x_t, t, sigma = point(rng, batch.cond)

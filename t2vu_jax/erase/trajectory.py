@@ -80,19 +80,20 @@ def step_expert(ranges: list[tuple[int, int]], seed: int, step: int) -> int:
 def training_point(model: WanTransformer, scheduler: schedulers.Scheduler, rng, cond, uncond,
                    guidance: float, latent_shape, erasers: bool = True, k_range: tuple[int, int] | None = None,
                    model_2: WanTransformer | None = None, boundary: float | None = None,
-                   guidance_2: float | None = None):
+                   guidance_2: float | None = None, text_padding=None):
   """(x_t, t, sigma) at a random step of a fresh guided trajectory for each prompt in `cond`.
 
   One k per batch, uniform in `k_range` (default [0, N−1)); the loop length is traced (`lax.fori_loop`
   with a dynamic bound), so one compiled step serves every k. With `model_2` and `boundary` the
   trajectory runs through both experts (`pipeline.sample`). No gradient flows into the trajectory.
+  `text_padding` goes to the models (`WanTransformer`).
   """
   lo, hi = k_range or (0, scheduler.num_steps - 1)
   k_rng, noise_rng = jax.random.split(rng)
   k = jax.random.randint(k_rng, (), lo, hi)
   noise = jax.random.normal(noise_rng, latent_shape, jnp.float32)
   x_t = sample(model, scheduler, noise, cond, uncond, guidance, steps=k + 1, model_2=model_2, boundary=boundary,
-               guidance_2=guidance_2, erasers=erasers)
+               guidance_2=guidance_2, erasers=erasers, text_padding=text_padding)
   b = latent_shape[0]
   t = jnp.broadcast_to(jnp.asarray(scheduler.timesteps)[k + 1], (b,))
   sigma = jnp.broadcast_to(jnp.asarray(scheduler.sigmas)[k + 1], (b,))

@@ -225,13 +225,13 @@ class Attention(nnx.Module):
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     return q, k, v
 
-  def attend(self, q, k, v, backend="xla", lora=None, concept_mask=None):
+  def attend(self, q, k, v, backend="xla", lora=None, concept_mask=None, key_bias=None):
     """(output, concept attention (B, S) or None): `concept_mask` (B, L) asks for the attention mass on
-    those keys."""
+    those keys; `key_bias` (L,) is added to the logits of each key (`WanTransformer`'s `text_padding`)."""
     if concept_mask is None:
-      out, concept = dot_product_attention(q, k, v, backend), None
+      out, concept = dot_product_attention(q, k, v, backend, key_bias), None
     else:
-      out, concept = attention_with_concept(q, k, v, concept_mask, backend)
+      out, concept = attention_with_concept(q, k, v, concept_mask, backend, key_bias)
     out = out.reshape(*out.shape[:2], -1)
     return self.to_out(out) + (lora.delta("out", out).astype(out.dtype) if lora else 0), concept
 
@@ -263,9 +263,10 @@ class WanBlock(nnx.Module):
         jax.random.normal(rngs.params(), (1, 6, cfg.dim), F32) / math.sqrt(cfg.dim))
 
   def __call__(self, x, context, timestep_proj, rope, backend="xla", eraser=None, concept_mask=None,
-               loc_mask=None):
+               loc_mask=None, key_bias=None):
     """Returns the new x and a `LayerAux`: the cross-attention mass on the concept tokens (when
-    `concept_mask` (B, L) is given) and the eraser's localization term (when `loc_mask` (B, S) is)."""
+    `concept_mask` (B, L) is given) and the eraser's localization term (when `loc_mask` (B, S) is).
+    `key_bias` (L,) goes to the cross-attention's logits."""
     mod = self.scale_shift_table[...][:, None] + timestep_proj.astype(F32)  # (B, 1 or S, 6, D)
     shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, :, i] for i in range(6))  # (B, 1 or S, D)
     dtype = x.dtype
@@ -283,12 +284,12 @@ class WanBlock(nnx.Module):
     h = x if self.norm2 is None else self.norm2(x).astype(dtype)
     base = self.attn2.projections(h, context)
     projections = self.attn2.with_lora(base, lora, h, context)
-    c, concept = self.attn2.attend(*self.attn2.split_heads(*projections), backend, lora, concept_mask)
+    c, concept = self.attn2.attend(*self.attn2.split_heads(*projections), backend, lora, concept_mask, key_bias)
     if adapter_at == "cross_attn":
       erased = eraser(c)
       c = c + erased.astype(dtype)
     elif lora is not None and loc_mask is not None:  # o = LoRA output − base output, from shared projections
-      c_base, _ = self.attn2.attend(*self.attn2.split_heads(*base), backend)
+      c_base, _ = self.attn2.attend(*self.attn2.split_heads(*base), backend, key_bias=key_bias)
       erased = c.astype(F32) - c_base.astype(F32)
     x = x + c
 
@@ -379,7 +380,7 @@ class WanTransformer(nnx.Module):
     self.eraser_config = None
 
   def __call__(self, hidden_states, timestep, encoder_hidden_states, *, erasers: bool = True,
-               concept_mask=None, loc_masks=None, return_aux: bool = False):
+               concept_mask=None, loc_masks=None, return_aux: bool = False, text_padding=None):
     """The velocity (B, C, F, H, W); with `return_aux`, also a `LayerAux` stacked over layers.
 
     `timestep` is a scalar, (B,), or (B, S) with one timestep per video token (S = F'·H'·W' patch tokens,
@@ -388,6 +389,10 @@ class WanTransformer(nnx.Module):
     `erasers=False` runs the base model even when erasers are attached. `concept_mask` (B, L) asks
     for each layer's cross-attention mass on those text tokens, (num_layers, B, S); `loc_masks`
     (num_layers, B, S) asks for each layer's localization term, (num_layers, B).
+
+    `text_padding` n says that the context's last row is zero padding standing for n + 1 such rows
+    (`text.collapse_padding`): attention over identical keys is attention over one of them with its
+    logit raised by log(n + 1), so the result is that of the uncut context (XLA attention only).
     """
     cfg = self.config
     b, _, f, h, w = hidden_states.shape
@@ -412,11 +417,15 @@ class WanTransformer(nnx.Module):
     temb, timestep_proj, context = self.condition_embedder(timestep, encoder_hidden_states)
     context = constrain(context.astype(self.dtype), "batch", None, None)
     rope = rope_tables(cfg, gf, gh, gw)
+    key_bias = None
+    if text_padding is not None:
+      length = encoder_hidden_states.shape[1]
+      key_bias = jnp.zeros((length,), F32).at[length - 1].set(jnp.log1p(jnp.asarray(text_padding, F32)))
 
     eraser_stack = self.erasers if erasers else None
     if loc_masks is not None and eraser_stack is None:
       raise ValueError("loc_masks need erasers attached and enabled")
-    x, aux = self._run_blocks(x, context, timestep_proj, rope, eraser_stack, concept_mask, loc_masks)
+    x, aux = self._run_blocks(x, context, timestep_proj, rope, eraser_stack, concept_mask, loc_masks, key_bias)
 
     mod = self.scale_shift_table[...][:, None] + temb[:, :, None]  # (B, 1 or S, 2, D)
     shift, scale = mod[:, :, 0], mod[:, :, 1]
@@ -427,7 +436,7 @@ class WanTransformer(nnx.Module):
     x = x.reshape(b, -1, gf * pt, gh * ph, gw * pw)
     return (x, aux) if return_aux else x
 
-  def _run_blocks(self, x, context, timestep_proj, rope, erasers, concept_mask, loc_masks):
+  def _run_blocks(self, x, context, timestep_proj, rope, erasers, concept_mask, loc_masks, key_bias=None):
     """Run the stacked blocks (with their erasers and per-layer masks) over the layer axis."""
     backend = self.attention
     layers = {"block": self.blocks}
@@ -438,7 +447,7 @@ class WanTransformer(nnx.Module):
 
     def body(x, layer):
       x, aux = layer["block"](constrain(x, "batch", "tokens", None), context, timestep_proj, rope, backend,
-                              layer.get("eraser"), concept_mask, layer.get("loc_mask"))
+                              layer.get("eraser"), concept_mask, layer.get("loc_mask"), key_bias)
       return constrain(x, "batch", "tokens", None), aux
 
     policy = REMAT_POLICIES[self.remat]
