@@ -84,20 +84,28 @@ def test_variant_configs():
     E.concept_sets("colour", "red", SMALL, exclude={("colour", "red")})
 
 
-def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
-  """The command line in --quick mode on a toy pipeline pretrained for 3 steps. Both run as the user
-  runs them, in fresh processes; XLA optimises less, which only shortens compilation, most of the time."""
+def quick_run(tmp_path, config: str, out_name: str):
+  """The experiments command with `config` on a toy pipeline pretrained for 3 steps, both in fresh
+  processes as the user runs them (XLA optimises less, which only shortens compilation, most of the
+  time): (completed process, out file, model dir, job dir, environment)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
-  model, out, jobs = tmp_path / "toy", tmp_path / "docs" / "toy_results.md", tmp_path / "jobs"
+  model = tmp_path / "toy"
   pretrain = ("from t2vu_jax.toy import pretrain as P\n"
               "model, tokenizer, _ = P.pretrain(0, P.TrainConfig(steps=3, batch=4, warmup=1), log=None)\n"
               f"P.save_pipeline(model, tokenizer, {str(model)!r})\n")
   subprocess.run([sys.executable, "-c", pretrain], env=env, cwd=ROOT, check=True)
-  run = subprocess.run([sys.executable, "-m", "t2vu_jax.toy.experiments", "--config=configs/toy_experiments.py:quick",
+  out, jobs = tmp_path / "docs" / out_name, tmp_path / "jobs"
+  run = subprocess.run([sys.executable, "-m", "t2vu_jax.toy.experiments", f"--config={config}",
                         f"--config.model={model}", f"--config.out={out}", f"--config.workdir={jobs}"], env=env,
                        cwd=ROOT, capture_output=True, text=True)
   assert run.returncode == 0, run.stderr[-3000:]
+  return run, out, model, jobs, env
+
+
+def test_quick_run_on_a_tiny_pretrained_pipeline(tmp_path):
+  """The command line in --quick mode on a toy pipeline pretrained for 3 steps."""
+  run, out, model, jobs, env = quick_run(tmp_path, "configs/toy_experiments.py:quick", "toy_results.md")
   text = out.read_text()
   assert run.stdout == text
   assert f"python -m t2vu_jax.toy.experiments --config=configs/toy_experiments.py:quick --config.model={model}" \
@@ -140,17 +148,7 @@ def test_robustness_quick_run_attacks_every_row_and_plots_the_budgets(tmp_path):
   """The robustness study in --quick mode on a toy pipeline pretrained for 3 steps: an attack table with
   every row and budget point, the goals line only where the robust option ran, and the plot."""
   from configs import toy_robustness
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip())
-  model, out, jobs = tmp_path / "toy", tmp_path / "docs" / "robustness.md", tmp_path / "jobs"
-  pretrain = ("from t2vu_jax.toy import pretrain as P\n"
-              "model, tokenizer, _ = P.pretrain(0, P.TrainConfig(steps=3, batch=4, warmup=1), log=None)\n"
-              f"P.save_pipeline(model, tokenizer, {str(model)!r})\n")
-  subprocess.run([sys.executable, "-c", pretrain], env=env, cwd=ROOT, check=True)
-  run = subprocess.run([sys.executable, "-m", "t2vu_jax.toy.experiments", "--config=configs/toy_robustness.py:quick",
-                        f"--config.model={model}", f"--config.out={out}", f"--config.workdir={jobs}"], env=env,
-                       cwd=ROOT, capture_output=True, text=True)
-  assert run.returncode == 0, run.stderr[-3000:]
+  _, out, _, jobs, _ = quick_run(tmp_path, "configs/toy_robustness.py:quick", "robustness.md")
   text = out.read_text()
   assert text.startswith("# Robustness of toy-world erasures")
   quick = toy_robustness.get_config("quick")

@@ -163,7 +163,7 @@ class StepBatches:
     self.data, self.text_padding = self.contexts(embeddings, config)
     self.index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
     self.pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
-    self.empty = jnp.asarray(embeddings["empty"])[None]
+    self.empty = jnp.asarray(self.data["empty"])[None]
     self.anchored = config.objective.anchor == "prompt"
 
   @staticmethod
