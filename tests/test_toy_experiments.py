@@ -172,10 +172,13 @@ def test_robustness_attacks_are_read_back_from_a_kept_job_directory(tmp_path):
   import json
   from configs import toy_robustness
   from t2vu_jax.toy import robustness
+  config = toy_robustness.get_config()
+  settings = {**config.erasure.attack.to_dict(), "negative_prompt": "red"}
   result = {"attack": "soft_prompt", "budget": {"name": "steps (x tokens)", "tokens": 4},
-            "rates": {"erased": {"0": 0.0, "50": 0.25}}}
+            "rates": {"erased": {"0": 0.0, "50": 0.25}}, "settings": settings}
   (tmp_path / "attacks").mkdir()
   (tmp_path / "attacks" / "soft_prompt.json").write_text(json.dumps(result))
-  config = toy_robustness.get_config()
   got = robustness.attack(None, None, config.erasure, ("soft_prompt",), ("erased",), str(tmp_path), "red")
   assert got == {"rates": {"soft_prompt": result["rates"]}, "budget": {"soft_prompt": result["budget"]}}
+  with pytest.raises(AttributeError, match="encode"):  # other settings: the attack runs again (on no model here)
+    robustness.attack(None, None, config.erasure, ("soft_prompt",), ("erased",), str(tmp_path), "crimson")

@@ -51,21 +51,24 @@ def attack_prompts(sets) -> list:
 
 
 def attack(pipe, erased_pipe, run_config, names, targets, out_dir: str, negative_prompt: str) -> dict:
-  """{attack name: {target: {budget point: concept rate}}, "_budget": {name: budget}} of `targets` of one
-  concept, each attack's result read back from `out_dir/attacks/` when a previous run wrote it."""
+  """{"rates": {attack name: {target: {budget point: concept rate}}}, "budget": {name: budget}} of
+  `targets` of one concept; an attack's result is read back from `out_dir/attacks/` where a previous run
+  wrote it with the same attack settings."""
   run_config = copy.deepcopy(run_config)
   run_config.attack.negative_prompt = negative_prompt
+  settings = run_config.attack.to_dict()
   context = None
   rates, budgets = {}, {}
   for name in names:
     path = os.path.join(out_dir, "attacks", f"{name}.json")
+    result = None
     if os.path.isfile(path):
       with open(path) as f:
         result = json.load(f)
-    else:
+    if result is None or result.get("settings") != settings:
       if context is None:
         context = AttackContext(pipe, erased_pipe, run_config, progress=False, targets=targets)
-      result = run_attack(name, context)
+      result = {**run_attack(name, context), "settings": settings}
       write_result(out_dir, result)
     rates[name], budgets[name] = result["rates"], result["budget"]
   return {"rates": rates, "budget": budgets}
