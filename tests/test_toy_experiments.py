@@ -182,3 +182,13 @@ def test_robustness_attacks_are_read_back_from_a_kept_job_directory(tmp_path):
   assert got == {"rates": {"soft_prompt": result["rates"]}, "budget": {"soft_prompt": result["budget"]}}
   with pytest.raises(AttributeError, match="encode"):  # other settings: the attack runs again (on no model here)
     robustness.attack(None, None, config.erasure, ("soft_prompt",), ("erased",), str(tmp_path), "crimson")
+
+
+def test_the_printed_config_and_command_do_not_depend_on_where_the_project_lies():
+  shown = E.portable({**SMALL.to_dict(), "workdir": ""})
+  assert shown["model"] == os.path.join("t2vu_jax", "toy", "pretrained")
+  assert shown["erasure"]["prompts"]["erase"] == os.path.join("t2vu_jax", "erase", "pools", "toy_red.jsonl")
+  assert E.portable("/elsewhere/model") == "/elsewhere/model"  # outside the project: as given
+  for argv in (["--config=configs/toy_robustness.py", "--config.workdir=/tmp/jobs"],
+               ["--config=configs/toy_robustness.py", "--config.workdir", "/tmp/jobs"]):
+    assert E.printed_command(argv) == "python -m t2vu_jax.toy.experiments --config=configs/toy_robustness.py"
