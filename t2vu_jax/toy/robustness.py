@@ -118,7 +118,8 @@ def goal_lines(r: dict, rows) -> list[str]:
   rates, negative = row_rates(r, robust), row_rates(r, "negative prompting")
   psr_gap = 100 * (r["rows"]["base"]["psr"] - r["rows"][robust]["psr"])
   out = [f"Robust option against the goals: PSR {percent(r['rows'][robust]['psr'])} vs base "
-         f"{percent(r['rows']['base']['psr'])} ({psr_gap:+.0f} points below; goal: within 3)"]
+         f"{percent(r['rows']['base']['psr'])} ({abs(psr_gap):.0f} points {'below' if psr_gap > 0 else 'above'}; "
+         "goal: at most 3 below)"]
   if "concept_vector" in rates:
     worst = max(rates["concept_vector"].values())
     out.append(f"ESR under concept_vector at its worst strength {percent(1 - worst)} (goal >= 90%)")
