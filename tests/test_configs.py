@@ -15,7 +15,8 @@ from t2vu_jax.text import clean_prompt
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs"))
                if f.endswith(".py")
-               and f not in ("__init__.py", "base.py", "toy.py", "toy_rece.py", "toy_experiments.py"))
+               and f not in ("__init__.py", "base.py", "toy.py", "toy_rece.py", "toy_experiments.py",
+                             "toy_robustness.py"))  # the toy ones: tests of their own; experiments configs
 spec = importlib.util.spec_from_file_location("augment_prompts", os.path.join(ROOT, "tools", "augment_prompts.py"))
 A = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(A)
