@@ -18,7 +18,7 @@ import itertools
 import json
 import os
 
-from t2vu_jax.attack.common import TARGETS, AttackContext, run_attack, write_result
+from t2vu_jax.attack.common import ATTACKS, TARGETS, AttackContext, run_attack, write_result
 from t2vu_jax.toy.metrics import percent
 
 BASELINES = TARGETS[:2]  # base, negative prompting
@@ -26,7 +26,6 @@ BASELINES = TARGETS[:2]  # base, negative prompting
 
 def attack_names(config) -> tuple[str, ...]:
   """The attacks of `config.attacks` (comma-separated names of `t2vu_jax.attack.ATTACKS`; empty: none)."""
-  from t2vu_jax.attack.common import ATTACKS
   names = tuple(n.strip() for n in config.get("attacks", "").split(",") if n.strip())
   if unknown := [n for n in names if n not in ATTACKS]:
     raise ValueError(f"config.attacks: unknown attack(s) {unknown}; choose from {list(ATTACKS)}")
