@@ -1,6 +1,7 @@
 """Toy pretraining: it learns, it is a function of the seed, and its output loads as a Wan pipeline."""
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from t2vu_jax.pipeline import load_pipeline
@@ -13,14 +14,40 @@ def _params(model):
   return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
-def test_loss_decreases_on_a_fixed_batch():
+@pytest.mark.parametrize("frame_noise", [0.0, 1.0])
+def test_loss_decreases_on_a_fixed_batch(frame_noise):
   tokenizer = P.build_toy_tokenizer()
   model = P.ToyModel(0)
   opt = P.make_optimizer(model, CFG)  # the same optimizer object as `pretrain`: one compilation
   x0, ids, mask = P.batch(tokenizer, 0, 0, CFG)
   key = jax.random.key(0)  # same noise every step: the loss is a function of the parameters only
-  losses = [float(P.train_step(model, opt, x0, ids, mask, key, CFG.sigma_shift)) for _ in range(8)]
+  losses = [float(P.train_step(model, opt, x0, ids, mask, key, CFG.sigma_shift, frame_noise)) for _ in range(8)]
   assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_frame_noise_gives_each_frame_its_own_noise_level(monkeypatch):
+  """With frame_noise = 1 every video's frames are noised to distinct levels, and the DiT gets each
+  frame's timestep on that frame's tokens; with 0 one timestep per video, as sampling gives it."""
+  tokenizer = P.build_toy_tokenizer()
+  model = P.ToyModel(0)
+  x0, ids, mask = P.batch(tokenizer, 0, 0, CFG)
+  seen = []
+  call = type(model.transformer).__call__
+
+  def spy(self, x, t, context, **kw):
+    seen.append((np.asarray(x), np.asarray(t)))
+    return call(self, x, t, context, **kw)
+
+  monkeypatch.setattr(type(model.transformer), "__call__", spy)
+  for frame_noise in (0.0, 1.0):
+    P.flow_loss(model, x0, ids, mask, jax.random.key(1), CFG.sigma_shift, frame_noise)
+  (_, t_video), (x_t, t_frames) = seen
+  assert t_video.shape == (len(x0),)
+  tokens = t_frames.reshape(len(x0), x0.shape[2], -1)  # (B, F, tokens of a frame)
+  assert (tokens == tokens[..., :1]).all() and (np.ptp(tokens[..., 0], axis=1) > 0).all()
+  sigma = tokens[..., 0] / 1000  # x_t = (1 - s) x0 + s e frame by frame: the clean part scales with 1 - s
+  e = (x_t - (1 - sigma)[:, None, :, None, None] * x0) / sigma[:, None, :, None, None]
+  assert abs(float(e.std()) - 1.0) < 0.05
 
 
 def test_same_seed_same_parameters_and_saved_pipeline_loads(tmp_path):

@@ -60,6 +60,7 @@ class TrainConfig:
   text_dropout: float = 0.1
   omit_attribute: float = 0.2  # prompts that leave one attribute unnamed (`world.dataset` omit)
   sigma_shift: float = 3.0
+  frame_noise: float = 0.0  # share of videos whose frames get independent noise levels (per-token timesteps)
 
 
 class ToyModel(nnx.Module):
@@ -75,22 +76,37 @@ class ToyModel(nnx.Module):
     return jnp.where(mask[..., None].astype(bool), self.text_encoder(ids, mask), 0.0)
 
 
-def flow_loss(model: ToyModel, x0, ids, mask, key, sigma_shift: float):
-  """Rectified-flow velocity loss of a batch (x0 (B, 3, F, H, W) in [-1, 1])."""
+def flow_loss(model: ToyModel, x0, ids, mask, key, sigma_shift: float, frame_noise: float = 0.0):
+  """Rectified-flow velocity loss of a batch (x0 (B, 3, F, H, W) in [-1, 1]).
+
+  With `frame_noise` > 0 that share of the videos draws one noise level per frame (diffusion forcing):
+  a frame is then denoised from less noisy neighbours, which only the prompt's motion and the clock say
+  how to follow. The timesteps go to the DiT per token, which every Wan DiT takes; sampling keeps one."""
   k_s, k_e = jax.random.split(key)
-  b = x0.shape[0]
-  u = jax.nn.sigmoid(jax.random.normal(k_s, (b,)))
-  s = sigma_shift * u / (1 + (sigma_shift - 1) * u)
+  b, _, f, h, w = x0.shape
+  if frame_noise:
+    k_s, k_f = jax.random.split(k_s)
+    u = jax.nn.sigmoid(jax.random.normal(k_s, (b, f)))
+    u = jnp.where((jax.random.uniform(k_f, (b,)) < frame_noise)[:, None], u, u[:, :1])
+  else:
+    u = jax.nn.sigmoid(jax.random.normal(k_s, (b, 1)))
+  s = sigma_shift * u / (1 + (sigma_shift - 1) * u)  # (B, F) or (B, 1)
   e = jax.random.normal(k_e, x0.shape)
-  sb = s[:, None, None, None, None]
+  sb = s[:, None, :, None, None]
   xt = (1 - sb) * x0 + sb * e
-  v = model.transformer(xt, 1000.0 * s, model.embed(ids, mask))
+  if frame_noise:
+    _, ph, pw = model.transformer.config.patch_size
+    t = jnp.repeat(1000.0 * s, (h // ph) * (w // pw), axis=1)  # (B, tokens), tokens in (frame, row, column) order
+  else:
+    t = 1000.0 * s[:, 0]
+  v = model.transformer(xt, t, model.embed(ids, mask))
   return jnp.mean((v - (e - x0)) ** 2)
 
 
-@nnx.jit(static_argnums=(6,))
-def train_step(model: ToyModel, opt: nnx.Optimizer, x0, ids, mask, key, sigma_shift: float):
-  loss, grads = nnx.value_and_grad(flow_loss)(model, x0, ids, mask, key, sigma_shift)
+@nnx.jit(static_argnums=(6, 7))
+def train_step(model: ToyModel, opt: nnx.Optimizer, x0, ids, mask, key, sigma_shift: float,
+               frame_noise: float = 0.0):
+  loss, grads = nnx.value_and_grad(flow_loss)(model, x0, ids, mask, key, sigma_shift, frame_noise)
   opt.update(model, grads)
   return loss
 
@@ -139,7 +155,8 @@ def pretrain(seed: int = 0, cfg: TrainConfig = TrainConfig(), log_every: int = 1
   losses, start = [], time.time()
   for step in range(cfg.steps):
     x0, ids, mask = batch(tokenizer, seed, step, cfg)
-    loss = train_step(model, opt, x0, ids, mask, jax.random.fold_in(key, step), cfg.sigma_shift)
+    loss = train_step(model, opt, x0, ids, mask, jax.random.fold_in(key, step), cfg.sigma_shift,
+                      cfg.frame_noise)
     losses.append(float(loss))
     if log and (step + 1) % log_every == 0:
       log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-log_every:]):.4f} ({time.time() - start:.0f} s)")
@@ -196,13 +213,15 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=TrainConfig.batch)
   p.add_argument("--lr", type=float, default=TrainConfig.lr)
   p.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+  p.add_argument("--frame-noise", type=float, default=TrainConfig.frame_noise,
+                 help="share of videos with one noise level per frame")
   p.add_argument("--init", help="continue training the weights of this saved toy pipeline")
   p.add_argument("--overwrite", action="store_true")
   p.add_argument("--eval", type=int, default=100, help="videos to score after training (0: none)")
   p.add_argument("--eval-steps", type=int, default=25)
   p.add_argument("--guidance", type=float, default=4.0)
   args = p.parse_args(argv)
-  cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup)
+  cfg = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, frame_noise=args.frame_noise)
   try:
     check_writable(args.out, args.overwrite)  # before an hour of training, not after
   except FileExistsError as e:
