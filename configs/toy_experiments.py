@@ -31,6 +31,7 @@ def get_config(arg: str = ""):
   c.attacks = ""                   # attacks on every row (`t2vu_jax.attack.ATTACKS`), comma-separated; budgets in
   #                                  erasure.attack; one concept per erasure (configs/toy_robustness.py)
   c.loc_sigma = 0.5                # noise level of the localization IoU column
+  c.replacement_values = 0         # with anchor "replace": the n values after the concept's (cyclic), 0: all others
   c.sheet_scale = 6
   c.erasure = toy.get_config()
   c.erasure.stages = "load,encode,erase"

@@ -120,15 +120,18 @@ def run_stages(config, models: Models, erase_prompts: int, preserve_prompts: int
   forward = wan.forward_flops(cfg, video_tokens(models, train_latent), models.text_length)
   steps, b = config.optim.total_steps, config.batch_size
   bp = config.preserve_batch_size if preserve_prompts else 0
-  anchors = erase_prompts if objective.anchor == "prompt" else 0
+  # Anchor prompts: one per erase prompt, or (anchor "replace") one per replacement phrase, at most.
+  phrases = max(len(group.split(",")) for group in objective.replacements.split(";"))
+  anchors = {"empty": 0, "prompt": erase_prompts, "replace": erase_prompts * phrases}[objective.anchor]
+  pooled = anchors if objective.anchor == "replace" else erase_prompts  # prompts whose trajectories train
   prompts = erase_prompts + preserve_prompts + anchors + 1  # and the empty prompt
   encode = umt5.forward_flops(models.text_encoder, models.text_length)
   stages = [Stage("encode", "text_encoder", prompts, prompts * encode, "text_encoder")]
   guided = 2  # a sampling step is a conditional and an unconditional forward
   if trajectory.pool_repeats:  # sampled once, before training: N - 1 steps per trajectory
     per_prompt = trajectory.pool_repeats * (trajectory.steps - 1) * guided
-    stages.append(Stage("trajectories (pool)", "transformer", erase_prompts * per_prompt,
-                        erase_prompts * per_prompt * forward, "pool"))
+    stages.append(Stage("trajectories (pool)", "transformer", pooled * per_prompt,
+                        pooled * per_prompt * forward, "pool"))
     if preserve_prompts:
       stages.append(Stage("preservation trajectories (pool)", "transformer", preserve_prompts * per_prompt,
                           preserve_prompts * per_prompt * forward, "pool"))
@@ -140,7 +143,7 @@ def run_stages(config, models: Models, erase_prompts: int, preserve_prompts: int
       stages.append(Stage("preservation trajectories", "transformer", steps * bp * per_step,
                           steps * bp * per_step * forward, "train_step"))
   # v(c) and v(∅) (and the anchor's), then the erased forward and its input gradient (~ one forward)
-  loss = b * (2 + (objective.anchor == "prompt") + 2)
+  loss = b * (2 + (objective.anchor != "empty") + 2)
   stages.append(Stage("erase steps", "transformer", steps * loss, steps * loss * forward, "train_step"))
   if bp:  # the base and the erased forward on the preservation prompt, and the gradient
     stages.append(Stage("preservation", "transformer", steps * bp * 3, steps * bp * 3 * forward, "train_step"))
@@ -200,7 +203,7 @@ def abstract_train_step(model_cfg: wan.WanConfig, eraser, dtype, mesh, latent, o
   fields = dict(cond=arr(text), uncond=arr(text), concept_mask=arr((b, text_length)), cond_pre=arr(text))
   if trajectory is None:
     fields.update(x_t=arr(latent), t=arr((b,)), sigma=arr((b,)), x_pre=arr(latent), t_pre=arr((b,)))
-  if objective is not None and objective.anchor == "prompt":
+  if objective is not None and objective.anchor != "empty":
     fields["anchor"] = arr(text)
   step = make_train_step(graphdef, tx, objective or ObjectiveConfig(), trajectory, latent)
   scalar = jax.ShapeDtypeStruct((), jnp.int32)

@@ -200,3 +200,35 @@ def test_collapse_padding_keeps_every_used_row_and_refuses_a_mask_past_them():
   assert none is None and same["a"].shape == e.shape
   with pytest.raises(ValueError, match="past the ones the contexts use"):
     collapse_padding({"a": e}, {"m": np.eye(10)[None, 7]})
+
+
+def test_replacement_anchor_trains_on_the_anchor_s_trajectory(tiny_model):
+  """With anchor "replace" a fresh training point lies on the anchor prompt's trajectory (where its
+  velocity is the target): the step equals one given those points, and not one on the concept's."""
+  from t2vu_jax.erase.trajectory import training_point
+  model = tiny_model()
+  trajectory = TrajectoryConfig(steps=4, guidance=4.0, model="frozen")
+  objective = ObjectiveConfig(eta=0.0, anchor="replace", replacements="unused here")
+  batch = prompts()
+  batch = batch._replace(anchor=batch.cond + 0.5 * prompts(seed=1).cond)
+  tx = make_optimizer(OptimConfig(learning_rate=1e-3))
+  graphdef, state = init_train_state(model, tx)
+  step = make_train_step(graphdef, tx, objective, trajectory, LATENTS)
+  key = jax.random.key(3)
+  _, fresh = step(state, batch, key)
+
+  def given(cond):
+    point_key, pre_key = jax.random.split(key)
+    kw = dict(scheduler=trajectory.make_scheduler(), uncond=batch.uncond, guidance=trajectory.guidance,
+              latent_shape=LATENTS, erasers=False)
+    x_t, t, sigma = training_point(merge_model(graphdef, state), rng=point_key, cond=cond, **kw)
+    x_pre, t_pre, _ = training_point(merge_model(graphdef, state), rng=pre_key, cond=batch.cond_pre, **kw)
+    _, state_again = init_train_state(model, tx)
+    plain = make_train_step(graphdef, tx, objective)
+    return plain(state_again, batch._replace(x_t=x_t, t=t, sigma=sigma, x_pre=x_pre, t_pre=t_pre), key)[1]
+
+  on_anchor, on_concept = given(batch.anchor), given(batch.cond)
+  np.testing.assert_allclose(float(fresh["loss"]), float(on_anchor["loss"]), rtol=1e-5)
+  assert abs(float(fresh["loss"]) - float(on_concept["loss"])) > 1e-3 * float(fresh["loss"])
+  with pytest.raises(ValueError, match="anchor 'replace' needs its replacement phrases"):
+    ObjectiveConfig(anchor="replace")

@@ -326,3 +326,44 @@ def test_anchor_prompt_removes_the_located_concept():
     assert P.anchor_prompt(P.Entry(prompt, concept)) == anchor, (prompt, concept)
   with pytest.raises(ValueError, match="^pool.jsonl:2: concept 'dog' does not occur in prompt 'a cat'"):
     P.anchor_prompt(P.Entry("a cat", "dog", source="pool.jsonl:2"))
+
+
+def test_replaced_prompt_puts_a_phrase_in_the_concept_s_place():
+  cases = {("a red circle moving left", "red", "ivory"): "an ivory circle moving left",
+           ("An ivory circle", "ivory", "red"): "A red circle",
+           ("a circle in red, moving left", "red", "blue"): "a circle in blue, moving left",
+           ("a nude woman on a beach", "nude", "clothed"): "a clothed woman on a beach",
+           ("Nude", "nude", "clothed"): "clothed"}
+  for (prompt, concept, phrase), replaced in cases.items():
+    assert P.replaced_prompt(P.Entry(prompt, concept), phrase) == replaced, (prompt, concept, phrase)
+  with pytest.raises(ValueError, match="^pool.jsonl:2: concept 'dog' does not occur in prompt 'a cat'"):
+    P.replaced_prompt(P.Entry("a cat", "dog", source="pool.jsonl:2"), "cow")
+
+
+def test_replacements_for_every_concept_or_per_concept():
+  assert P.parse_replacements(" green, blue ,", ["red", "Red"]) == {"red": ("green", "blue")}
+  assert P.parse_replacements("red: green; Circle: square, cross", ["red", "circle"]) == {
+      "red": ("green",), "circle": ("square", "cross")}
+  for spec, concepts, message in [
+      ("", ["red"], "no replacement phrases"),
+      (" , ", ["red"], "no replacement phrases for concept 'red'"),
+      ("red: green", ["red", "circle"], r"no replacement phrases for concept\(s\) \['circle'\]"),
+      ("red: green; dog: cat", ["red"], "concept 'dog' is not a concept of the run"),
+      ("red: green; Red: blue", ["red"], "concept 'Red' is named twice"),
+      ("green, RED", ["red"], "concept 'red' is among its own replacement phrases"),
+      ("red, green", ["red"], "concept 'red' is among its own replacement phrases"),
+      ("red green", ["red"], "")]:
+    if not message:
+      assert P.parse_replacements(spec, concepts) == {"red": ("red green",)}  # a phrase containing it is not it
+      continue
+    with pytest.raises(ValueError, match=message):
+      P.parse_replacements(spec, concepts)
+
+
+def test_anchor_prompts_of_each_anchor():
+  entries = [P.Entry("a red circle", "red"), P.Entry("a blue square", "square")]
+  assert P.anchor_prompts(entries, "empty")[0] == []
+  texts, of = P.anchor_prompts(entries, "prompt")
+  assert texts == ["a circle", "a blue"] and of.tolist() == [0, 1]
+  texts, of = P.anchor_prompts(entries, "replace", "red: green, white; square: cross")
+  assert texts == ["a green circle", "a white circle", "a blue cross"] and of.tolist() == [0, 0, 1]

@@ -126,6 +126,27 @@ def test_prompt_anchor_run_encodes_anchors_and_refuses_stale_embeddings(wan_pipe
     ErasureJob(tiny_config(path, plain, stages="erase", **{"objective.anchor": "prompt"}), progress=False).run()
 
 
+def test_replacement_anchor_run_encodes_every_replacement_of_every_prompt(wan_pipeline_dir, tmp_path):
+  from t2vu_jax.erase.prompts import replaced_prompt
+  _, path = wan_pipeline_dir()
+  changes = {"objective.anchor": "replace", "objective.eta": 0.0, "objective.replacements": "clothed, dressed",
+             "optim.total_steps": 2}
+  job = ErasureJob(tiny_config(path, tmp_path / "replaced", stages="load,encode,erase", **changes), progress=False)
+  summary = job.run()
+  data = np.load(tmp_path / "replaced" / "embeddings.npz")
+  entries = job.prompt_set().erase.entries
+  assert summary["encode"]["anchor_prompts"] == 2 * len(entries) == len(data["anchor"])
+  assert data["anchor_of"].tolist() == [i for i in range(len(entries)) for _ in range(2)]
+  expected = job.pipeline().encode([replaced_prompt(entries[1], p) for p in ("clothed", "dressed")], progress=False)
+  np.testing.assert_allclose(data["anchor"][2:4], np.asarray(expected), atol=1e-6)
+  metrics = [json.loads(line) for line in (tmp_path / "replaced" / "metrics.jsonl").read_text().splitlines()]
+  assert len(metrics) == 2 and all(np.isfinite(m["loss"]) for m in metrics)
+  # Phrases are checked against the pool's concepts before any weights load.
+  bad = tiny_config(path, tmp_path / "bad", **{**changes, "objective.replacements": "nude: clothed"})
+  with pytest.raises(ConfigError, match=r"config\.objective\.replacements: no replacement phrases for concept"):
+    ErasureJob(bad, progress=False).run()
+
+
 @pytest.mark.parametrize("change,field", [
     ({"objective.eta": -1.0}, "config.objective"),
     ({"stages": "load,train"}, "config.stages"),

@@ -65,6 +65,18 @@ def test_variant_configs():
                            "unipc", 1.0).objective  # the paper's ∅ target at every noise level, whatever the default
   assert (paper.anchor, paper.eta, paper.guidance_sigma_min) == ("empty", 1.0, 0.0)
   assert paper.lambda_loc == paper.lambda_pre == 1.0
+  # The replacement anchor names, for each concept phrase of its prompts, the other values of its kind.
+  group = [E.concept_sets("colour", "red", SMALL), E.concept_sets("motion", "left", SMALL)]
+  spec = E.replacements(group, [e for sets in group for e in sets.erase_single])
+  assert spec == "red: green, blue, yellow, white; moving left: moving right, moving up, moving down, standing still"
+  replaced = E.erasure_config(experiments, E.VARIANTS["replacement anchor"], "/m", "/w/run", "/w/e.jsonl", None,
+                              "unipc", 1.0, spec).objective
+  assert (replaced.anchor, replaced.eta, replaced.replacements) == ("replace", 0.0, spec)
+  assert E.replacement_values("colour", "white", 1) == ("red",)  # the next values, cyclic
+  assert E.replacement_values("motion", "up", 2) == ("down", "still")
+  assert E.replacements(group[:1], group[0].erase, 1) == "red: green; crimson: green; ruby: green"
+  assert E.erasure_config(experiments, E.VARIANTS["full"], "/m", "/w/run", "/w/e.jsonl", None, "unipc", 1.0,
+                          spec).objective.replacements == experiments.erasure.objective.replacements  # unused
   assert config.prompts.preserve == "" and config.stages == "load,encode,erase"
   assert (config.video.frames, config.video.height, config.video.width) == (world.FRAMES, world.SIZE, world.SIZE)
   assert E.parse_concepts("colour:red, shape:circle") == (("colour", "red"), ("shape", "circle"))

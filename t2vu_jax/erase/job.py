@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from t2vu_jax.erase import loop
-from t2vu_jax.erase.prompts import ErasureSet, anchor_prompt, split_paths, token_spans
+from t2vu_jax.erase.prompts import ErasureSet, anchor_prompts, split_paths, token_spans
 from t2vu_jax.erase import rece
 from t2vu_jax.erase.run_config import (STAGES, ConfigError, fail, method, read_record, settings, training_differences,
                                        validate)
@@ -223,19 +223,20 @@ class ErasureJob:
     return {"layers": cfg.num_layers, "dim": cfg.dim, "text_dim": cfg.text_dim}
 
   def stage_encode(self):
-    """Embed every training prompt and the empty prompt once (and, with the objective's prompt anchor,
-    every erase prompt without its concept); store them with the concept masks."""
+    """Embed every training prompt and the empty prompt once (and the objective's anchor prompts, with
+    the erase prompt each belongs to); store them with the concept masks."""
     pipe, prompts = self.pipeline(), self.prompt_set()
     erase = list(prompts.erase.entries)
     preserve = list(prompts.preserve.entries) if prompts.preserve else []
-    anchors = [anchor_prompt(e) for e in erase] if self.config.objective.anchor == "prompt" else []
+    objective = self.config.objective
+    anchors, anchor_of = anchor_prompts(erase, objective.anchor, objective.get("replacements", ""))
     embeddings = np.asarray(pipe.encode([e.prompt for e in erase + preserve] + anchors + [""],
                                         progress=self.progress))
     n, m = len(erase), len(erase) + len(preserve)
     arrays = dict(erase=embeddings[:n], preserve=embeddings[n:m], empty=embeddings[-1],
                   concept_mask=token_spans(pipe.tokenizer, erase, pipe.text_length))
     if anchors:
-      arrays["anchor"] = embeddings[m:-1]
+      arrays["anchor"], arrays["anchor_of"] = embeddings[m:-1], anchor_of
     if self.primary:
       np.savez(self.path("embeddings.npz"), **arrays)
     return {"erase_prompts": n, "preserve_prompts": len(preserve), "anchor_prompts": len(anchors),

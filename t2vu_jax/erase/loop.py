@@ -144,10 +144,12 @@ def trajectory_pools(experts: list[WanTransformer], config, embeddings, latent_s
     return {}
   second = dict(model_2=experts[1], boundary=boundary, guidance_2=trajectory.guidance_2) if len(experts) > 1 else {}
   pools = {}
-  for name in ("erase", "preserve"):
+  # With anchor "replace" the erase prompts' training points lie on their anchors' trajectories.
+  sources = {"erase": "anchor" if config.objective.anchor == "replace" else "erase", "preserve": "preserve"}
+  for name, source in sources.items():
     if len(embeddings[name]):
       pools[name] = TrajectoryPool.build(
-          experts[0], trajectory.make_scheduler(), embeddings[name], embeddings["empty"], trajectory.guidance,
+          experts[0], trajectory.make_scheduler(), embeddings[source], embeddings["empty"], trajectory.guidance,
           latent_shape[1:], repeats=trajectory.pool_repeats, seed=config.seed, batch_size=latent_shape[0],
           progress=progress, directory=os.path.join(run_dir, "pool", name), dtype=trajectory.pool_dtype,
           cache_bytes=trajectory.pool_cache_mb << 20, write=primary, **second)
@@ -164,7 +166,16 @@ class StepBatches:
     self.index = {e.prompt: i for i, e in enumerate(prompts.erase.entries)}
     self.pre_index = {e.prompt: i for i, e in enumerate(prompts.preserve.entries)} if prompts.preserve else {}
     self.empty = jnp.asarray(self.data["empty"])[None]
-    self.anchored = config.objective.anchor == "prompt"
+    self.replacing = config.objective.anchor == "replace"
+    self.anchors = None  # each erase prompt's rows of the anchor embeddings
+    if config.objective.anchor != "empty":
+      of = np.asarray(self.data.get("anchor_of", np.arange(len(self.data["anchor"]))))
+      self.anchors = [np.flatnonzero(of == i) for i in range(len(prompts.erase.entries))]
+
+  def anchor_rows(self, step: int, rows: np.ndarray) -> np.ndarray:
+    """One anchor row of each erase prompt in `rows`, drawn from (seed, step) among its replacements."""
+    choice = np.random.default_rng((self.config.seed, step, 2)).integers(1 << 30, size=len(rows))
+    return np.array([self.anchors[r][u % len(self.anchors[r])] for r, u in zip(rows, choice)])
 
   @staticmethod
   def contexts(embeddings, config) -> tuple[dict, jax.Array | None]:
@@ -176,7 +187,7 @@ class StepBatches:
       return arrays, None
     objective = config.objective
     room = objective.adversarial_tokens if objective.get("adversarial", False) else 0
-    texts = {name: a for name, a in arrays.items() if name != "concept_mask" and len(a)}
+    texts = {name: a for name, a in arrays.items() if name not in ("concept_mask", "anchor_of") and len(a)}
     texts, masks, padding = collapse_padding(texts, {"concept_mask": arrays["concept_mask"]}, room)
     return {**arrays, **texts, **masks}, None if padding is None else jnp.asarray(padding, jnp.int32)
 
@@ -185,14 +196,15 @@ class StepBatches:
     c, data = self.config, self.data
     erase, preserve = self.prompts.sample(c.batch_size, c.seed, step, c.preserve_batch_size)
     rows = np.array([self.index[e.prompt] for e in erase])
+    anchors = None if self.anchors is None else self.anchor_rows(step, rows)
     batch = ErasureBatch(cond=jnp.asarray(data["erase"][rows]),
                          uncond=jnp.broadcast_to(self.empty, (len(rows), *self.empty.shape[1:])),
                          concept_mask=jnp.asarray(data["concept_mask"][rows]),
-                         anchor=jnp.asarray(data["anchor"][rows]) if self.anchored else None,
+                         anchor=None if anchors is None else jnp.asarray(data["anchor"][anchors]),
                          text_padding=self.text_padding)
     rng = np.random.default_rng((c.seed, step))  # the points of a step do not depend on where a run resumed
-    if "erase" in self.pools:
-      x_t, t, sigma = self.pools["erase"].draw(rng, rows, k_range)
+    if "erase" in self.pools:  # with anchor "replace", the pool holds the anchors' trajectories
+      x_t, t, sigma = self.pools["erase"].draw(rng, anchors if self.replacing else rows, k_range)
       batch = batch._replace(x_t=jnp.asarray(x_t), t=jnp.asarray(t), sigma=jnp.asarray(sigma))
     if preserve:
       pre_rows = np.array([self.pre_index[e.prompt] for e in preserve])[:len(rows)]
@@ -210,9 +222,9 @@ def erase(experts: list[WanTransformer], config, mesh, embeddings, prompts: Eras
   `boundary`) for `config.optim.total_steps` steps, resuming from the latest checkpoint under
   `run_dir`; returns (the erased models, stage info). A SIGTERM or Ctrl-C saves a checkpoint and raises
   `Preempted`."""
-  if config.objective.anchor == "prompt" and "anchor" not in embeddings:
-    fail("objective.anchor", "'prompt' needs anchor embeddings, and this run's encode stage ran without them: "
-         f"delete {os.path.join(run_dir, 'stages', 'encode')} and rerun to encode them")
+  if config.objective.anchor != "empty" and "anchor" not in embeddings:
+    fail("objective.anchor", f"{config.objective.anchor!r} needs anchor embeddings, and this run's encode stage "
+         f"ran without them: delete {os.path.join(run_dir, 'stages', 'encode')} and rerun to encode them")
   if (len(experts) > 1) != (boundary is not None):
     raise ValueError("two experts need a boundary timestep, and a boundary two experts")
   optim = settings(config, "optim")

@@ -13,6 +13,14 @@ The anchor a is the empty prompt ∅ (the paper's target, `anchor="empty"`), or,
 each prompt with its concept phrase removed (`prompts.anchor_prompt`): v_c − v_a then isolates what the
 concept adds, so the target steers away from the concept alone and keeps the rest of the prompt.
 
+With `anchor="replace"` the anchor is the prompt with one of `replacements` in place of the concept
+phrase (`prompts.replaced_prompt`, one drawn per training point), and the training point lies on the
+anchor's own trajectory. With η = 0 the target is then the anchor's velocity where the anchor's videos
+are: regressing on points of trajectories of several replacements, the erased model learns the velocity
+of their mixture (at each x_t the average of their velocities weighted by how likely each replacement
+is to pass there), so the concept prompt draws what the replacements draw, with the rest of the prompt,
+and nothing is pushed past an anchor.
+
 With `adversarial` (AdvUnlearn / RECE-style robustness) the erase prompts carry an inner attack: k
 soft tokens after each prompt's tokens (`text.insert_tokens`), which the train step updates against the
 erased model so that it reproduces the base model's concept velocity v_c; v′ is then computed on the
@@ -34,7 +42,7 @@ import jax.numpy as jnp
 from t2vu_jax.models.wan import WanTransformer
 
 F32 = jnp.float32
-ANCHORS = ("empty", "prompt")
+ANCHORS = ("empty", "prompt", "replace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +52,9 @@ class ObjectiveConfig:
   lambda_loc: float = 1.0
   lambda_pre: float = 1.0
   sigma_weighting: bool = False  # weight L_u by σ_t² (x0-space matching)
-  anchor: str = "empty"          # what the target guides away from: "" ("empty") or the prompt minus the concept
+  anchor: str = "empty"          # the target's anchor: "" ("empty"), the prompt minus the concept ("prompt"),
+  #                                or the prompt with a replacement phrase for the concept ("replace")
+  replacements: str = ""         # with anchor "replace": "p1, p2" for every concept, or "concept: p1, p2; ..."
   guidance_sigma_min: float = 0.0  # below this σ the target is v_a (no negative guidance)
   adversarial: bool = False      # an inner soft-prompt attack on the erase prompts
   adversarial_tokens: int = 4    # its soft tokens
@@ -55,6 +65,8 @@ class ObjectiveConfig:
   def __post_init__(self):
     if self.anchor not in ANCHORS:
       raise ValueError(f"objective anchor {self.anchor!r} is unknown; choose one of {ANCHORS}")
+    if self.anchor == "replace" and not self.replacements.strip():
+      raise ValueError("objective anchor 'replace' needs its replacement phrases (objective.replacements)")
     if not 0.0 <= self.guidance_sigma_min <= 1.0:
       raise ValueError(f"objective guidance_sigma_min must be in [0, 1], got {self.guidance_sigma_min}")
     if not 0.0 <= self.threshold < 1.0:
@@ -83,7 +95,7 @@ class ErasureBatch(NamedTuple):
   x_pre: jax.Array | None = None
   t_pre: jax.Array | None = None
   cond_pre: jax.Array | None = None
-  anchor: jax.Array | None = None  # (B, L, text_dim) anchor prompt embeddings (objective anchor "prompt")
+  anchor: jax.Array | None = None  # (B, L, text_dim) anchor prompt embeddings (objective anchor "prompt", "replace")
   cond_attack: jax.Array | None = None  # (B, L, text_dim) the concept prompts under the inner attack
   text_padding: jax.Array | None = None  # () padding rows the contexts' last row stands for (`text.collapse_padding`)
 
@@ -110,9 +122,9 @@ def erasure_loss(model: WanTransformer, batch: ErasureBatch, cfg: ObjectiveConfi
   b = batch.x_t.shape[0]
   dtype = model.dtype
   x_t = batch.x_t.astype(dtype)
-  if (cfg.anchor == "prompt") != (batch.anchor is not None):
+  if (cfg.anchor != "empty") != (batch.anchor is not None):
     raise ValueError(f"objective anchor {cfg.anchor!r} needs a batch "
-                     + ("with anchor embeddings" if cfg.anchor == "prompt" else "without anchor embeddings"))
+                     + ("without anchor embeddings" if cfg.anchor == "empty" else "with anchor embeddings"))
   cond = batch.cond.astype(dtype)
   anchor = (batch.uncond if batch.anchor is None else batch.anchor).astype(dtype)
 

@@ -328,18 +328,82 @@ def sample_batch(pool: PromptPool, batch_size: int, rng: np.random.Generator | i
   return out
 
 
-def anchor_prompt(entry: Entry) -> str:
-  """The entry's prompt without its concept phrase (the occurrence its token span covers), tidied:
-  "a nude woman on a beach" -> "a woman on a beach". A prompt that is only the concept gives ""."""
+def _concept_at(entry: Entry) -> tuple[str, int, int]:
+  """(cleaned prompt, start, end) of the entry's concept phrase: the occurrence its token span covers."""
   text, needle = clean_prompt(entry.prompt), clean_prompt(entry.concept)
   at = find_phrase(text, needle)
   if at < 0:
     where = f"{entry.source}: " if entry.source else ""
     raise ValueError(f"{where}concept {entry.concept!r} does not occur in prompt {entry.prompt!r}")
-  rest = " ".join((text[:at] + " " + text[at + len(needle):]).split())
+  return text, at, at + len(needle)
+
+
+def anchor_prompt(entry: Entry) -> str:
+  """The entry's prompt without its concept phrase (the occurrence its token span covers), tidied:
+  "a nude woman on a beach" -> "a woman on a beach". A prompt that is only the concept gives ""."""
+  text, at, end = _concept_at(entry)
+  rest = " ".join((text[:at] + " " + text[end:]).split())
   rest = re.sub(r"\s+([,.;:!?])", r"\1", rest)      # no space before punctuation
   rest = re.sub(r"([,;:])(?=[,.;:!?])", "", rest)     # "in red, moving" minus "red" leaves no ",,"
   return rest.strip(" ,;:")
+
+
+def replaced_prompt(entry: Entry, phrase: str) -> str:
+  """The entry's prompt with `phrase` in place of its concept phrase: "a red circle" with "ivory" is
+  "an ivory circle" (an article right before the phrase follows its first letter)."""
+  text, at, end = _concept_at(entry)
+  article = "an" if re.match(r"[aeiou]", phrase, re.IGNORECASE) else "a"
+  head = re.sub(r"(^|\s)([aA])n?(\s+)$", lambda m: m[1] + m[2] + article[1:] + m[3], text[:at])
+  return head + phrase + text[end:]
+
+
+def parse_replacements(spec: str, concepts: Sequence[str]) -> dict[str, tuple[str, ...]]:
+  """concept name -> the phrases that take its place (`objective.anchor="replace"`), from `spec`:
+  "p1, p2" for every concept, or "concept: p1, p2; other: p3" per concept (every concept named once).
+  A phrase that is its own concept is refused: it would keep what is erased."""
+  spec = spec.strip()
+  if not spec:
+    raise ValueError("no replacement phrases")
+  names = [concept_key(c) for c in concepts]
+  if ":" in spec:
+    table = {}
+    for group in filter(str.strip, spec.split(";")):
+      concept, sep, phrases = group.partition(":")
+      if not sep:
+        raise ValueError(f"group {group.strip()!r} is not 'concept: phrase, ...'")
+      key = concept_key(concept)
+      if key not in names or key in table:
+        what = "named twice" if key in table else "not a concept of the run"
+        raise ValueError(f"concept {concept.strip()!r} is {what} (concepts: {sorted(set(names))})")
+      table[key] = phrases
+    if missing := [n for n in names if n not in table]:
+      raise ValueError(f"no replacement phrases for concept(s) {missing}")
+  else:
+    table = dict.fromkeys(names, spec)
+  out = {}
+  for name, phrases in table.items():
+    out[name] = tuple(clean_prompt(p) for p in phrases.split(",") if clean_prompt(p))
+    if not out[name]:
+      raise ValueError(f"no replacement phrases for concept {name!r}")
+    if name in {concept_key(p) for p in out[name]}:
+      raise ValueError(f"concept {name!r} is among its own replacement phrases")
+  return out
+
+
+def anchor_prompts(entries: Sequence[Entry], anchor: str, replacements: str = "") -> tuple[list[str], np.ndarray]:
+  """(anchor prompts, the entry each belongs to) of an objective anchor: none for "empty", one per
+  entry for "prompt" (`anchor_prompt`), one per entry and replacement phrase of its concept for
+  "replace" (`replaced_prompt`, `parse_replacements`)."""
+  entries = list(entries)
+  if anchor == "empty":
+    return [], np.zeros(0, np.int32)
+  if anchor == "prompt":
+    return [anchor_prompt(e) for e in entries], np.arange(len(entries), dtype=np.int32)
+  if anchor != "replace":
+    raise ValueError(f"unknown anchor {anchor!r}")
+  table = parse_replacements(replacements, [e.concept for e in entries])
+  pairs = [(replaced_prompt(e, r), i) for i, e in enumerate(entries) for r in table[concept_key(e.concept)]]
+  return [text for text, _ in pairs], np.array([i for _, i in pairs], np.int32)
 
 
 def token_spans(tokenizer, entries: Sequence[Entry], max_length: int = MAX_LENGTH) -> np.ndarray:

@@ -18,7 +18,7 @@ from ml_collections import config_dict
 from t2vu_jax.attack.common import AttackConfig
 from t2vu_jax.attention import check_backend
 from t2vu_jax.erase.objective import ObjectiveConfig
-from t2vu_jax.erase.prompts import ErasureSet, load_pools, split_paths
+from t2vu_jax.erase.prompts import ErasureSet, load_pools, parse_replacements, split_paths
 from t2vu_jax.erase.rece import RECEConfig
 from t2vu_jax.erase.train import OptimConfig
 from t2vu_jax.erase.trajectory import TrajectoryConfig, expert_ranges
@@ -210,9 +210,14 @@ def _validate_prompts(config, stages) -> None:
   for field in ("erase", "preserve"):
     if paths := split_paths(config.prompts[field]):
       try:
-        load_pools(paths)
+        pool = load_pools(paths)
       except ValueError as e:
         fail(f"prompts.{field}", str(e))
+      if field == "erase" and config.objective.anchor == "replace":
+        try:
+          parse_replacements(config.objective.replacements, pool.concepts)
+        except ValueError as e:
+          fail("objective.replacements", str(e))
   erase, preserve = split_paths(config.prompts.erase), split_paths(config.prompts.preserve)
   if erase and preserve:
     try:

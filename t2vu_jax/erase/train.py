@@ -145,7 +145,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ob
                               erasers=trajectory.model == "on_policy", text_padding=batch.text_padding, **experts)
 
       rng, pre_rng = jax.random.split(rng)
-      x_t, t, sigma = point(rng, batch.cond)
+      # With anchor "replace" the point lies on the anchor's trajectory, where its velocity is the target.
+      x_t, t, sigma = point(rng, batch.anchor if objective.anchor == "replace" else batch.cond)
       batch = batch._replace(x_t=x_t, t=t, sigma=sigma)
       if batch.cond_pre is not None:
         x_pre, t_pre, _ = point(pre_rng, batch.cond_pre)

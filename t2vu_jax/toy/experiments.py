@@ -13,8 +13,9 @@ For each concept (kind, value), e.g. ("colour", "red"):
   rows              base model; negative prompting (base model, the value's first training wording as
                     negative prompt); erased with the config's method (full), without localization
                     (λ_loc = 0), without preservation (λ_pre = 0, no preservation prompts), without
-                    augmentation, with the paper's target (∅ anchor, η = 1 at every noise level) and with
-                    the config's anchor but negative guidance at every noise level (ungated guidance);
+                    augmentation, with the paper's target (∅ anchor, η = 1 at every noise level), with
+                    the config's anchor but negative guidance at every noise level (ungated guidance) and
+                    with the replacement anchor (another value of the kind in the concept's place, η = 0);
                     `config.variants` picks the rows (`VARIANTS`).
 Every erasure is one `ErasureJob` of the config's `erasure` run config (stages load, encode, erase) on
 JSONL pools written from the training prompts: the same code path as `run.py`. Every model samples each
@@ -85,11 +86,17 @@ def validate(config) -> tuple[tuple[tuple[str, str], ...], tuple["Variant", ...]
       raise ValueError(f"config.{name} must be >= 1, got {config[name]}")
   if robustness.attack_names(config) and any(len(group) > 1 for group in concepts):
     raise ValueError("config.attacks: attacks measure one concept per erasure; erase several together without them")
+  if isinstance(config.replacement_values, bool) or not isinstance(config.replacement_values, int) \
+      or config.replacement_values < 0:
+    raise ValueError(f"config.replacement_values must be an integer >= 0, got {config.replacement_values!r}")
   if not 0 < config.loc_sigma < 1:
     raise ValueError(f"config.loc_sigma must be in (0, 1), got {config.loc_sigma}")
+  erasure = copy.deepcopy(config.erasure)
+  if erasure.objective.anchor == "replace":  # each erasure gets its concepts' phrases (`replacements`)
+    erasure.objective.replacements = erasure.objective.replacements or "each concept's own"
   for group in GROUPS:  # the erasures' own settings, before minutes of baselines
     try:
-      settings(config.erasure, group)
+      settings(erasure, group)
     except ConfigError as e:
       raise ValueError(str(e).replace("config.", "config.erasure.", 1)) from None
   return concepts, tuple(VARIANTS[n] for n in dict.fromkeys(names))
@@ -109,10 +116,13 @@ class Variant:
 
 
 PAPER = (("anchor", "empty"), ("eta", 1.0), ("guidance_sigma_min", 0.0))  # the paper's ∅ target, every σ
+# The prompt with another value of the concept's kind in its place, on that prompt's trajectories, η = 0
+REPLACEMENT = (("anchor", "replace"), ("eta", 0.0))
 VARIANTS = {v.name: v for v in (
     Variant("full"), Variant("no localization", loc=False), Variant("no preservation", preserve=False),
     Variant("no augmentation", augment=False), Variant("paper target", objective=PAPER),
     Variant("ungated guidance", objective=(("guidance_sigma_min", 0.0),)),
+    Variant("replacement anchor", objective=REPLACEMENT),
     Variant("RECE", loc=False, method="rece"), Variant("robust option", objective=(("adversarial", True),)))}
 BASELINES = ("base", "negative prompting")
 ROWS = BASELINES + tuple(VARIANTS)
@@ -260,10 +270,32 @@ def write_pool(entries: Sequence, path: str) -> str:
 # -- erasure -----------------------------------------------------------------------------------------
 
 
+def replacement_values(kind: str, value: str, n: int = 0) -> tuple[str, ...]:
+  """The values that replace `value`: the `n` that follow it in the world's order of its kind (cyclic),
+  or every other value with n = 0."""
+  values = VALUES[kind]
+  at = values.index(value)
+  others = values[at + 1:] + values[:at]
+  return others[:n] if n else others
+
+
+def replacements(group: Sequence[ConceptSets], entries: Sequence, n: int = 0) -> str:
+  """`objective.replacements` of erasure prompts `entries` of the concepts of `group`: each concept
+  phrase is replaced by the first training wording of each of its `replacement_values` ("crimson:
+  green, blue, yellow, white")."""
+  spec = {}
+  for e in entries:
+    sets = next(s for s in group if e.concept in world.wordings(s.kind, s.value))
+    spec[e.concept] = ", ".join(world.wordings(sets.kind, v, held_out=False)[0]
+                                for v in replacement_values(sets.kind, sets.value, n))
+  return "; ".join(f"{concept}: {others}" for concept, others in spec.items())
+
+
 def erasure_config(config, variant: Variant, model_dir: str, workdir: str, erase_pool: str,
-                   preserve_pool: str | None, scheduler: str, shift: float):
+                   preserve_pool: str | None, scheduler: str, shift: float, replacement_spec: str = ""):
   """The run config of one erasure: `config.erasure` with the variant's λs and anchor, the prompt pools,
-  the sampler of the training trajectories and the toy world's video size."""
+  the sampler of the training trajectories and the toy world's video size; an anchor "replace" gets
+  `replacement_spec` (`replacements`)."""
   c = copy.deepcopy(config.erasure)
   c.name = os.path.basename(workdir)
   c.workdir = workdir
@@ -278,6 +310,8 @@ def erasure_config(config, variant: Variant, model_dir: str, workdir: str, erase
     c.objective.lambda_pre = 0.0
   for field, value in variant.objective:
     c.objective[field] = value
+  if c.objective.anchor == "replace":
+    c.objective.replacements = replacement_spec
   c.trajectory.update(dict(scheduler=scheduler, shift=float(shift), model="on_policy"))
   c.video.update(dict(frames=world.FRAMES, height=world.SIZE, width=world.SIZE))
   c.log_every = c.checkpoint_every = c.optim.total_steps
@@ -301,7 +335,8 @@ def erase(model_dir: str, group: Sequence[ConceptSets], variant: Variant, config
   erase_pool = write_pool(erase_entries, os.path.join(workdir, "erase.jsonl"))
   preserve_pool = write_pool(preserve_entries, os.path.join(workdir, "preserve.jsonl")) if variant.preserve else None
   run_config = erasure_config(config, variant, model_dir, workdir, erase_pool, preserve_pool,
-                              *_sampler(pipe, config.erasure.trajectory.steps))
+                              *_sampler(pipe, config.erasure.trajectory.steps),
+                              replacements(group, erase_entries, config.replacement_values))
   job = ErasureJob(run_config, progress=False)
   with contextlib.redirect_stdout(log or sys.stderr):
     job.run()
@@ -437,7 +472,10 @@ def markdown(results: dict, config, command: str, sheet: str | None, seconds: fl
            "template with the first training wording of every attribute (one prompt per combination of the other "
            "attributes' values), preservation as in full; **paper target** full with the paper's target: v_a on "
            "\"\" (`objective.anchor=empty`), η = 1 at every noise level; **ungated guidance** full with the negative "
-           "guidance at every noise level (`objective.guidance_sigma_min=0`); **RECE** RECE's closed-form edit of "
+           "guidance at every noise level (`objective.guidance_sigma_min=0`); **replacement anchor** full with v_a "
+           "on the prompt with another value of the concept's kind in its place (`objective.anchor=replace`, the "
+           "first training wording of each other value), at points of that prompt's trajectories, η = 0; **RECE** "
+           "RECE's closed-form edit of "
            "every block's cross-attention key and value projections with its adversarial rounds (`method=rece`, "
            "the same prompts); **robust option** full with the inner soft-prompt attack during training "
            "(`objective.adversarial=True`).", "",
