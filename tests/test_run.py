@@ -141,6 +141,12 @@ def test_replacement_anchor_run_encodes_every_replacement_of_every_prompt(wan_pi
   np.testing.assert_allclose(data["anchor"][2:4], np.asarray(expected), atol=1e-6)
   metrics = [json.loads(line) for line in (tmp_path / "replaced" / "metrics.jsonl").read_text().splitlines()]
   assert len(metrics) == 2 and all(np.isfinite(m["loss"]) for m in metrics)
+  # Pooled, the erase pool holds the anchors' trajectories (the points where their velocity is the target).
+  pooled = ErasureJob(tiny_config(path, tmp_path / "pooled", stages="load,encode,erase", **changes,
+                                  **{"trajectory.model": "frozen", "trajectory.pool_repeats": 1}), progress=False)
+  pooled.run()
+  shape = json.loads((tmp_path / "pooled" / "pool" / "erase" / "pool.json").read_text())["shape"]
+  assert shape[:2] == [2 * len(entries), 1]
   # Phrases are checked against the pool's concepts before any weights load.
   bad = tiny_config(path, tmp_path / "bad", **{**changes, "objective.replacements": "nude: clothed"})
   with pytest.raises(ConfigError, match=r"config\.objective\.replacements: no replacement phrases for concept"):
