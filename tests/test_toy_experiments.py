@@ -70,13 +70,13 @@ def test_variant_configs():
   spec = E.replacements(group, [e for sets in group for e in sets.erase_single])
   assert spec == "red: green, blue, yellow, white; moving left: moving right, moving up, moving down, standing still"
   replaced = E.erasure_config(experiments, E.VARIANTS["replacement anchor"], "/m", "/w/run", "/w/e.jsonl", None,
-                              "unipc", 1.0, spec).objective
-  assert (replaced.anchor, replaced.eta, replaced.replacements) == ("replace", 0.0, spec)
+                              "unipc", 1.0, spec).objective  # the config's guidance, the concepts' replacements
+  assert (replaced.anchor, replaced.replacements) == ("replace", spec)
+  for field in ("eta", "guidance_sigma_min"):
+    assert replaced[field] == experiments.erasure.objective[field], field
   assert E.replacement_values("colour", "white", 1) == ("red",)  # the next values, cyclic
   assert E.replacement_values("motion", "up", 2) == ("down", "still")
   assert E.replacements(group[:1], group[0].erase, 1) == "red: green; crimson: green; ruby: green"
-  assert E.erasure_config(experiments, E.VARIANTS["full"], "/m", "/w/run", "/w/e.jsonl", None, "unipc", 1.0,
-                          spec).objective.replacements == experiments.erasure.objective.replacements  # unused
   assert config.prompts.preserve == "" and config.stages == "load,encode,erase"
   assert (config.video.frames, config.video.height, config.video.width) == (world.FRAMES, world.SIZE, world.SIZE)
   assert E.parse_concepts("colour:red, shape:circle") == (("colour", "red"), ("shape", "circle"))

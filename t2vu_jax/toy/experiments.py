@@ -15,7 +15,7 @@ For each concept (kind, value), e.g. ("colour", "red"):
                     (λ_loc = 0), without preservation (λ_pre = 0, no preservation prompts), without
                     augmentation, with the paper's target (∅ anchor, η = 1 at every noise level), with
                     the config's anchor but negative guidance at every noise level (ungated guidance) and
-                    with the replacement anchor (another value of the kind in the concept's place, η = 0);
+                    with the replacement anchor (another value of the kind in the concept's place);
                     `config.variants` picks the rows (`VARIANTS`).
 Every erasure is one `ErasureJob` of the config's `erasure` run config (stages load, encode, erase) on
 JSONL pools written from the training prompts: the same code path as `run.py`. Every model samples each
@@ -116,13 +116,11 @@ class Variant:
 
 
 PAPER = (("anchor", "empty"), ("eta", 1.0), ("guidance_sigma_min", 0.0))  # the paper's ∅ target, every σ
-# The prompt with another value of the concept's kind in its place, on that prompt's trajectories, η = 0
-REPLACEMENT = (("anchor", "replace"), ("eta", 0.0))
 VARIANTS = {v.name: v for v in (
     Variant("full"), Variant("no localization", loc=False), Variant("no preservation", preserve=False),
     Variant("no augmentation", augment=False), Variant("paper target", objective=PAPER),
     Variant("ungated guidance", objective=(("guidance_sigma_min", 0.0),)),
-    Variant("replacement anchor", objective=REPLACEMENT),
+    Variant("replacement anchor", objective=(("anchor", "replace"),)),
     Variant("RECE", loc=False, method="rece"), Variant("robust option", objective=(("adversarial", True),)))}
 BASELINES = ("base", "negative prompting")
 ROWS = BASELINES + tuple(VARIANTS)
@@ -474,7 +472,8 @@ def markdown(results: dict, config, command: str, sheet: str | None, seconds: fl
            "\"\" (`objective.anchor=empty`), η = 1 at every noise level; **ungated guidance** full with the negative "
            "guidance at every noise level (`objective.guidance_sigma_min=0`); **replacement anchor** full with v_a "
            "on the prompt with another value of the concept's kind in its place (`objective.anchor=replace`, the "
-           "first training wording of each other value), at points of that prompt's trajectories, η = 0; **RECE** "
+           "first training wording of each other value or of the next `config.replacement_values`), at points of "
+           "that prompt's trajectories; **RECE** "
            "RECE's closed-form edit of "
            "every block's cross-attention key and value projections with its adversarial rounds (`method=rece`, "
            "the same prompts); **robust option** full with the inner soft-prompt attack during training "
