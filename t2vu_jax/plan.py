@@ -109,7 +109,8 @@ def vae_decode_flops(cfg: vae_lib.WanVAEConfig, latent_frames: int, h: int, w: i
   return first + (latent_frames - 1) / chunk * (cost(1 + chunk) - first) if latent_frames > 1 else first
 
 
-def run_stages(config, models: Models, erase_prompts: int, preserve_prompts: int, eval_videos: int) -> list[Stage]:
+def run_stages(config, models: Models, erase_prompts: int, preserve_prompts: int, eval_videos: int,
+               anchor_prompts: int | None = None) -> list[Stage]:
   """The stages of an erasure run of `config` and the FLOPs of each."""
   from t2vu_jax.erase.run_config import settings
   trajectory, objective = settings(config, "trajectory"), settings(config, "objective")
@@ -120,9 +121,13 @@ def run_stages(config, models: Models, erase_prompts: int, preserve_prompts: int
   forward = wan.forward_flops(cfg, video_tokens(models, train_latent), models.text_length)
   steps, b = config.optim.total_steps, config.batch_size
   bp = config.preserve_batch_size if preserve_prompts else 0
-  # Anchor prompts: one per erase prompt, or (anchor "replace") one per replacement phrase, at most.
-  phrases = max(len(group.split(",")) for group in objective.replacements.split(";"))
-  anchors = {"empty": 0, "prompt": erase_prompts, "replace": erase_prompts * phrases}[objective.anchor]
+  # Anchor prompts as the encode stage makes them (`prompts.anchor_prompts`); without their count, one
+  # per erase prompt for the prompt anchor.
+  anchors = anchor_prompts
+  if anchors is None:
+    if objective.anchor == "replace":
+      raise ValueError("the replacement anchor's plan needs the count of its anchor prompts")
+    anchors = erase_prompts if objective.anchor == "prompt" else 0
   pooled = anchors if objective.anchor == "replace" else erase_prompts  # prompts whose trajectories train
   prompts = erase_prompts + preserve_prompts + anchors + 1  # and the empty prompt
   encode = umt5.forward_flops(models.text_encoder, models.text_length)
@@ -335,7 +340,7 @@ def measure_rates(models: Models, config, full: bool, repeats: int = 3) -> dict[
 
 def make_plan(config, size: str = "1.3b", probe: str = "auto", repeats: int = 3, progress=print) -> dict:
   """The plan of `config` on the current devices (see the module docstring) as a JSON-ready dict."""
-  from t2vu_jax.erase.prompts import ErasureSet, split_paths
+  from t2vu_jax.erase.prompts import ErasureSet, anchor_prompts, split_paths
   from t2vu_jax.erase.run_config import settings, validate_model
   from t2vu_jax.evaluate.videos import evaluation_prompts
   from t2vu_jax.sharding import MeshConfig, make_mesh
@@ -349,8 +354,9 @@ def make_plan(config, size: str = "1.3b", probe: str = "auto", repeats: int = 3,
   preserve = split_paths(config.prompts.preserve)
   prompts = ErasureSet.from_files(split_paths(config.prompts.erase), preserve or None)
   eval_videos = len(evaluation_prompts(config)) if config.prompts.evaluate else 0
+  anchors, _ = anchor_prompts(prompts.erase.entries, config.objective.anchor, config.objective.get("replacements", ""))
   stages = run_stages(config, models, len(prompts.erase.entries),
-                      len(prompts.preserve.entries) if prompts.preserve else 0, eval_videos)
+                      len(prompts.preserve.entries) if prompts.preserve else 0, eval_videos, len(anchors))
   programs = {s.program for s in stages}
   progress(f"compiling {len(programs)} programs on a {mesh.devices.size}-device mesh for peak memory")
   memory = stage_programs(config, models, mesh, programs)

@@ -473,11 +473,9 @@ def markdown(results: dict, config, command: str, sheet: str | None, seconds: fl
            "guidance at every noise level (`objective.guidance_sigma_min=0`); **replacement anchor** full with v_a "
            "on the prompt with another value of the concept's kind in its place (`objective.anchor=replace`, the "
            "first training wording of each other value or of the next `config.replacement_values`), at points of "
-           "that prompt's trajectories; **RECE** "
-           "RECE's closed-form edit of "
-           "every block's cross-attention key and value projections with its adversarial rounds (`method=rece`, "
-           "the same prompts); **robust option** full with the inner soft-prompt attack during training "
-           "(`objective.adversarial=True`).", "",
+           "that prompt's trajectories; **RECE** RECE's closed-form edit of every block's cross-attention key "
+           "and value projections with its adversarial rounds (`method=rece`, the same prompts); **robust option** "
+           "full with the inner soft-prompt attack during training (`objective.adversarial=True`).", "",
            "- **ESR** (erasure success rate): share of videos prompted with the erased value whose reading of "
            "that attribute is not that value (a video without a visible object counts, so read it together "
            "with the other attributes); (a) training wordings, (b) the held-out wording.",
